@@ -113,7 +113,9 @@ def extract(
     recorder = _Recorder(model, layers, keep_inputs)
     try:
         with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+            # Clones are normal tensors even if the inputs were made under inference_mode.
             x = images.detach().clone().requires_grad_(True)
+            targets = targets.clone()
             logits = model(x)
             recorder.remove()
             _check_logits(logits, images.shape[0])

@@ -63,13 +63,14 @@ def compute_saliency(
 
     extraction = extract(model, images, targets, layers, keep_inputs=keep_inputs)
     maps: SaliencyMaps = {}
-    for method in parsed:
-        maps[method.name] = {}
-        for name in layers:
-            saliency = method(extraction.captures[name])
-            if size is not None:
-                saliency = F.interpolate(saliency, size=size, mode="bilinear", align_corners=False)
-            maps[method.name][name] = saliency
+    with torch.autocast(images.device.type, enabled=False):  # float32 maps under autocast too
+        for method in parsed:
+            maps[method.name] = {}
+            for name in layers:
+                saliency = method(extraction.captures[name])
+                if size is not None:
+                    saliency = F.interpolate(saliency, size=size, mode="bilinear", align_corners=False)
+                maps[method.name][name] = saliency
     return maps
 
 
@@ -110,12 +111,11 @@ def _parse_methods(methods: Sequence[str] | str) -> list[Method]:
 def _normalize_size(size: object) -> tuple[int, int] | None:
     if size is None:
         return None
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = (size, size)
+    pair = (size, size) if isinstance(size, int) else size
     if (
-        isinstance(size, (tuple, list))
-        and len(size) == 2
-        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+        isinstance(pair, (tuple, list))
+        and len(pair) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair)
     ):
-        return (int(size[0]), int(size[1]))
+        return (int(pair[0]), int(pair[1]))
     raise ValueError(f"Expected `output_size` to be None, a positive int or (h, w), but got {size!r}.")
