@@ -10,7 +10,7 @@ every ``training`` flag restored on exit, also when something raises.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -100,6 +100,7 @@ def extract(
     layers: Sequence[str],
     *,
     keep_inputs: Collection[str] = (),
+    forward: Callable[[Tensor], object] | None = None,
 ) -> Extraction:
     """Forward ``images`` once and backpropagate each target's logit to every layer.
 
@@ -109,6 +110,8 @@ def extract(
         targets: (B, T) int64 class indices on the images' device.
         layers: validated layer names (see :mod:`saliency_monitor.layers`).
         keep_inputs: layers whose module input to keep as well.
+        forward: calls the model (default ``model``); e.g. a ``functional_call`` with other
+            parameters. Hooks are on ``model``'s modules, so it must run them.
     """
     recorder = _Recorder(model, layers, keep_inputs)
     try:
@@ -116,7 +119,7 @@ def extract(
             # Clones are normal tensors even if the inputs were made under inference_mode.
             x = images.detach().clone().requires_grad_(True)
             targets = targets.clone()
-            logits = model(x)
+            logits = (forward or model)(x)
             recorder.remove()
             _check_logits(logits, images.shape[0])
             _check_targets_range(targets, logits.shape[1])

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .aggregate import Method, parse_method
-from .extract import extract
+from .extract import Extraction, extract
+from .meta import meta_extract, validate_meta
 from .layers import _check_images, default_layers, validate_layer_names
 
 SaliencyMaps = dict[str, dict[str, Tensor]]
@@ -23,6 +24,9 @@ def compute_saliency(
     layers: Sequence[str] | str | None = None,
     methods: Sequence[str] | str = ("norm_grad_selective",),
     *,
+    meta_lr: float | None = None,
+    task: str = "multiclass",
+    meta_params: str = "all",
     output_size: int | tuple[int, int] | None = None,
 ) -> SaliencyMaps:
     """Backpropagation saliency maps of ``targets`` at ``layers`` for every method.
@@ -40,6 +44,16 @@ def compute_saliency(
         methods: named methods (``gradient``, ``linear_approx``, ``grad_cam``,
             ``norm_grad``, ``norm_grad_selective``, ``norm_grad_conv``) or any
             ``"extract:aggregation"`` pair (see :mod:`saliency_monitor.aggregate`).
+        meta_lr: if given, meta-saliency (§4.4): each map of image b and target c is computed
+            at θ' = θ − meta_lr·∇_θ ℓ(θ; x_b, c), one SGD step on that single loss (the
+            paper: ``DEFAULT_META_LR`` = 0.002; negative = gradient ascent). The model is not
+            mutated. Cost per (image, target): about one training step of one image plus
+            one plain saliency pass; memory: about two extra copies of the parameters.
+        task: the meta loss: ``"multiclass"`` (softmax cross-entropy of class c) or
+            ``"multilabel"`` (binary cross-entropy of logit c toward 1). The map itself
+            always backpropagates the class logit.
+        meta_params: ``"all"`` parameters step (as in the paper) or only ``"trainable"``
+            ones (``requires_grad=True``).
         output_size: if given, maps are upsampled bilinearly to it (int or (h, w));
             otherwise they keep the layer's resolution.
 
@@ -61,10 +75,32 @@ def compute_saliency(
                 f"{type(modules.get(name)).__name__ if name in modules else 'the input image'}."
             )
 
-    extraction = extract(model, images, targets, layers, keep_inputs=keep_inputs)
+    if meta_lr is None:
+        extraction = extract(model, images, targets, layers, keep_inputs=keep_inputs)
+        return _aggregate(extraction, parsed, layers, size, images.device.type)
+    names = validate_meta(model, meta_lr, task, meta_params)
+    rows: list[list[SaliencyMaps]] = [[] for _ in range(images.shape[0])]
+    for b, _t, extraction in meta_extract(
+        model, images, targets, layers, lr=float(meta_lr), task=task, names=names,
+        keep_inputs=keep_inputs,
+    ):
+        rows[b].append(_aggregate(extraction, parsed, layers, size, images.device.type))
+    return {
+        m.name: {
+            name: torch.cat([torch.cat([pair[m.name][name] for pair in row], 1) for row in rows])
+            for name in layers
+        }
+        for m in parsed
+    }
+
+
+def _aggregate(
+    extraction: Extraction, methods: list[Method], layers: list[str], size: tuple[int, int] | None,
+    device_type: str,
+) -> SaliencyMaps:
     maps: SaliencyMaps = {}
-    with torch.autocast(images.device.type, enabled=False):  # float32 maps under autocast too
-        for method in parsed:
+    with torch.autocast(device_type, enabled=False):  # float32 maps under autocast too
+        for method in methods:
             maps[method.name] = {}
             for name in layers:
                 saliency = method(extraction.captures[name])

@@ -12,6 +12,8 @@ from torch import nn
 
 from saliency_monitor import compute_saliency
 
+from ._trace import assert_same, snapshot
+
 
 class TracedNet(nn.Module):
     """BatchNorm, Dropout, in-place ReLU, a frozen conv and a residual in-place add."""
@@ -38,38 +40,6 @@ class TracedNet(nn.Module):
         out += x  # in-place: overwrites bn3's output
         out = torch.relu_(out)
         return self.fc(self.drop(out.mean(dim=(2, 3))))
-
-
-def snapshot(model: nn.Module) -> dict[str, object]:
-    return {
-        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
-        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
-        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
-        "buffers": {n: b.clone() for n, b in model.named_buffers()},
-        "training": {n: m.training for n, m in model.named_modules()},
-        "inplace": {n: m.inplace for n, m in model.named_modules() if hasattr(m, "inplace")},
-        "hooks": {
-            n: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
-                len(m._backward_pre_hooks))
-            for n, m in model.named_modules()
-        },
-        "param_hooks": {n: p._backward_hooks for n, p in model.named_parameters()},
-        "rng": torch.get_rng_state(),
-    }
-
-
-def assert_same(before: dict[str, object], after: dict[str, object]) -> None:
-    for key in ("params", "buffers"):
-        for name, value in before[key].items():
-            assert torch.equal(value, after[key][name]), f"{key} {name} changed"
-    for name, grad in before["grads"].items():
-        if grad is None:
-            assert after["grads"][name] is None, f".grad of {name} was written"
-        else:
-            assert torch.equal(grad, after["grads"][name]), f".grad of {name} changed"
-    for key in ("requires_grad", "training", "inplace", "hooks", "param_hooks"):
-        assert before[key] == after[key], f"{key} changed"
-    assert torch.equal(before["rng"], after["rng"]), "global RNG state advanced"
 
 
 @pytest.fixture

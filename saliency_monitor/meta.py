@@ -1,0 +1,118 @@
+"""Meta-saliency (Rebuffi et al. 2020, §4.4, eqs. 4-6; supp. D).
+
+For image x_i and target c, take one SGD step on that single loss,
+
+    θ' = θ − lr · ∇_θ ℓ(θ; x_i, c),
+
+and compute the saliency map at θ'. With lr = 2ε this is the first-order expansion of
+∇_θ ℓ(θ − ε∇_θ ℓ; x_i, c) (the paper's ε = 0.001 gives lr = 0.002); lr < 0 is gradient
+ascent ("negative meta-saliency"). The model is never mutated: θ' is a dict of new tensors
+passed through ``torch.func.functional_call``; no weight, ``.grad``, buffer or flag changes.
+
+Losses (``task``): ``"multiclass"`` softmax cross-entropy of class c; ``"multilabel"``
+binary cross-entropy of logit c toward 1, i.e. softplus(−logit_c). Both in eval mode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .extract import Extraction, _check_logits, _check_targets_range, extract
+from .layers import eval_mode
+
+DEFAULT_META_LR = 0.002
+"""The paper's ε = 0.001 (§4.4) as an SGD learning rate: lr = 2ε."""
+TASKS = ("multiclass", "multilabel")
+META_PARAMS = ("all", "trainable")
+
+
+def validate_meta(model: nn.Module, meta_lr: object, task: object, meta_params: object) -> list[str]:
+    """Check meta-saliency arguments; return the names of the parameters that step."""
+    if isinstance(meta_lr, bool) or not isinstance(meta_lr, (int, float)) or not math.isfinite(meta_lr) or meta_lr == 0:
+        raise ValueError(f"Expected `meta_lr` to be a finite non-zero number, but got {meta_lr!r}.")
+    if task not in TASKS:
+        raise ValueError(f"Expected `task` to be one of {list(TASKS)}, but got {task!r}.")
+    if meta_params not in META_PARAMS:
+        raise ValueError(f"Expected `meta_params` to be one of {list(META_PARAMS)}, but got {meta_params!r}.")
+    names = [n for n, p in model.named_parameters() if meta_params == "all" or p.requires_grad]
+    if not names:
+        what = "parameters" if meta_params == "all" else "parameters with requires_grad=True"
+        raise ValueError(f"Expected `model` to have {what} for the meta step, but it has none.")
+    return names
+
+
+def meta_loss(logits: Tensor, target: Tensor, task: str) -> Tensor:
+    """ℓ(θ; x, c) for one image's logits (C,) and class c (0-d long tensor)."""
+    if task == "multiclass":
+        return F.cross_entropy(logits.unsqueeze(0), target.view(1))
+    return F.softplus(-logits[target])  # BCE-with-logits toward 1
+
+
+def stepped_parameters(
+    model: nn.Module, image: Tensor, targets: Tensor, lr: float, task: str, names: Sequence[str]
+) -> Iterator[dict[str, Tensor]]:
+    """Yield θ' for each target of one image, sharing that image's forward pass.
+
+    image (1, C, H, W), targets (T,). Gradients are taken w.r.t. detached aliases of the
+    parameters (no copy, original ``requires_grad`` untouched); parameters not in ``names``
+    or not reached by the loss keep their value. Memory: the image's graph plus, at a time,
+    one gradient and one θ' (about 2 extra copies of the stepped parameters).
+    """
+    params = dict(model.named_parameters())
+    leaves = {n: params[n].detach().requires_grad_(True) for n in names}
+    output = functional_call(model, leaves, (image,))
+    _check_logits(output, 1)
+    _check_targets_range(targets, output.shape[1])
+    logits = output[0]
+    for t, target in enumerate(targets):
+        loss = meta_loss(logits, target, task)
+        grads = torch.autograd.grad(
+            loss, list(leaves.values()), retain_graph=t < len(targets) - 1, allow_unused=True
+        )
+        yield {
+            n: leaves[n].detach() if g is None else leaves[n].detach() - lr * g
+            for n, g in zip(leaves, grads)
+        }
+
+
+def meta_extract(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    layers: Sequence[str],
+    *,
+    lr: float,
+    task: str,
+    names: Sequence[str],
+    keep_inputs: set[str],
+) -> Iterator[tuple[int, int, Extraction]]:
+    """For every image b and target index t, the extraction of ``targets[b, t]`` at θ'_{b,t}.
+
+    Yields (b, t, extraction with B = T = 1). Runs one (image, target) at a time: a forward
+    of the image at θ to get all its targets' θ' (shared), then one forward and one
+    activation backward at each θ'.
+    """
+    with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+        images, targets = images.detach().clone(), targets.clone()
+        for b in range(images.shape[0]):
+            image = images[b : b + 1]
+            steps = stepped_parameters(model, image, targets[b], lr, task, names)
+            for t, theta in enumerate(steps):
+                forward = _functional_forward(model, theta)
+                yield b, t, extract(
+                    model, image, targets[b : b + 1, t : t + 1], layers,
+                    keep_inputs=keep_inputs, forward=forward,
+                )
+
+
+def _functional_forward(model: nn.Module, theta: dict[str, Tensor]):
+    def forward(x: Tensor) -> object:
+        return functional_call(model, theta, (x,))
+
+    return forward
