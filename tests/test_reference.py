@@ -391,6 +391,10 @@ def test_patches_rebuild_conv_output(request: pytest.FixtureRequest, model_name:
         if conv.bias is not None:
             rebuilt = rebuilt + conv.bias.detach()
         torch.testing.assert_close(rebuilt, record.activation.flatten(1).T, rtol=1e-10, atol=1e-10)
+        # the mask the literal terms use is exactly the weight's block structure
+        mask = group_mask(conv)
+        assert mask.sum() == conv.weight.numel()
+        assert ((block_diagonal_weight(conv) != 0) <= (mask == 1)).all()
 
 
 def weight_gradient(model: nn.Module, image: Tensor, target: int, layer: str) -> Tensor:
@@ -550,3 +554,44 @@ def test_targets_of_shape_b_equal_t1(request: pytest.FixtureRequest, model_name:
             for layer in layers:
                 torch.testing.assert_close(both[method][layer][:, t : t + 1], single[method][layer],
                                            rtol=1e-6, atol=1e-6 * float(single[method][layer].abs().max()))
+
+
+# --------------------------------------------------------------------------- odd corners
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_valid_padding_no_bias_and_channels_last(channels_last: bool) -> None:
+    """padding='valid', bias=False, zero padding on one axis only, 1xN kernels, and
+    channels_last tensors (non-contiguous in NCHW terms) all through the same reference."""
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, (2, 3), padding="valid", bias=False),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, (1, 3), stride=(1, 2), padding=(2, 0), dilation=(1, 2)),
+        nn.Tanh(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 5),
+    ).double().eval()
+    images = make_images(BATCH, (11, 17))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.to(memory_format=torch.channels_last)
+    layers, conv_layers = ["input", "0", "1", "2"], ["0", "2"]
+    records = literal_capture(model, images, TARGETS, layers)
+    maps = compute_saliency(model, images, TARGETS, layers, all_methods(conv=False))
+    maps.update(compute_saliency(model, images, TARGETS, conv_layers, all_methods(conv=True)))
+    for layer in layers:
+        methods = all_methods(conv=False) + (all_methods(conv=True) if layer in conv_layers else [])
+        for method, (where, expected) in reference_values(records, layer, methods).items():
+            assert_close_to_reference(maps[method][layer].flatten(2)[..., where], expected, f"{layer} {method}")
+    for layer in conv_layers:
+        for b, rec in enumerate(records):
+            conv = rec[layer].module
+            rebuilt = conv_patches(conv, rec[layer].layer_input) @ block_diagonal_weight(conv).T
+            rebuilt = rebuilt if conv.bias is None else rebuilt + conv.bias.detach()
+            torch.testing.assert_close(rebuilt, rec[layer].activation.flatten(1).T, rtol=1e-10, atol=1e-10)
+            for t, c in enumerate(TARGETS[b].tolist()):
+                expected = weight_gradient(model, images[b], c, layer)
+                torch.testing.assert_close(diagonal_blocks(term_sum("conv", rec[layer], t), conv), expected,
+                                           rtol=1e-9, atol=1e-12)
