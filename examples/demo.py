@@ -40,7 +40,6 @@ def load_model() -> tuple[nn.Module, list[str] | None]:
     """
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-    torch.manual_seed(0)
     try:
         if not cached.is_file():
             raise FileNotFoundError(f"{cached} not in the torch hub cache")
@@ -48,9 +47,11 @@ def load_model() -> tuple[nn.Module, list[str] | None]:
         categories: list[str] | None = list(weights.meta["categories"])
         print(f"weights: ImageNet ({cached})")
     except Exception as error:  # noqa: BLE001 - any failure means: fall back, and say so
+        torch.manual_seed(0)  # the same random init whatever the failed attempt consumed
         model = torchvision.models.resnet18(weights=None)
         categories = None
-        print(f"weights: random init, seed 0 (no ImageNet weights: {error})")
+        reason = (str(error).strip().splitlines() or [""])[0]
+        print(f"weights: random init, seed 0 (no ImageNet weights: {type(error).__name__}: {reason})")
     return model.eval(), categories
 
 
@@ -141,7 +142,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     with torch.no_grad():
         logits = model(images)
+    num_classes = logits.shape[1]
     targets = args.targets if args.targets else [int(logits.argmax(dim=1))]
+    if any(not 0 <= c < num_classes for c in targets):
+        raise SystemExit(f"error: --targets must be class indices in [0, {num_classes}), got {targets}")
 
     def describe(c: int) -> str:
         return f"{c} ({categories[c]})" if categories else str(c)
