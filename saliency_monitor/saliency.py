@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from .aggregate import Method, parse_method
 from .extract import Extraction, extract
 from .meta import meta_extract, validate_meta
+from .metrics import _normalize_size
 from .layers import _check_images, default_layers, validate_layer_names
 
 SaliencyMaps = dict[str, dict[str, Tensor]]
@@ -64,7 +65,7 @@ def compute_saliency(
     targets = _normalize_targets(targets, images)
     layers = default_layers(model, images) if layers is None else validate_layer_names(model, layers)
     parsed = _parse_methods(methods)
-    size = _normalize_size(output_size)
+    size = _normalize_size(output_size, "output_size")
     modules = dict(model.named_modules())
     keep_inputs = {name for name in layers if any(m.needs_layer_input for m in parsed)}
     for name in keep_inputs:
@@ -142,16 +143,3 @@ def _parse_methods(methods: Sequence[str] | str) -> list[Method]:
     if duplicates:
         raise ValueError(f"Expected distinct methods, but got duplicates: {duplicates}.")
     return parsed
-
-
-def _normalize_size(size: object) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    pair = (size, size) if isinstance(size, int) else size
-    if (
-        isinstance(pair, (tuple, list))
-        and len(pair) == 2
-        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair)
-    ):
-        return (int(pair[0]), int(pair[1]))
-    raise ValueError(f"Expected `output_size` to be None, a positive int or (h, w), but got {size!r}.")
