@@ -1,9 +1,13 @@
 """How fast is ``compute_saliency``? Ratios against a training step and against peers.
 
-All figures come from ONE run of this script (same process, same weights, same batch),
-each the median of ``--repeat`` timed runs after one untimed warm-up (see ``_timing.py``).
-Defaults: torchvision resnet50 (random init, seed 0), B=16 images of 224x224, layers
-layer1..layer4, T=2 targets per image, CPU with torch's default thread count.
+All figures come from ONE run of this script (same process, same weights, same batch).
+Variants run interleaved round-robin (a shared machine's changing load then hits all of
+them alike); each single-pass variant reports the median of ``--repeat`` runs after
+``--warmup`` untimed ones, and the two L*T-pass loops ((b) and grad-cam, ~10x slower)
+``--loop-repeat`` runs, default 1, no warm-up (see ``_timing.py``). Defaults: torchvision
+resnet50 (random init, seed 0), B=16 images of 224x224, layers layer1..layer4, T=2
+targets per image, CPU with torch's default thread count: about 4 minutes on 2 idle
+cores (15+ minutes when other jobs share them; the header prints the load average).
 
 (a) speed goal: time(compute_saliency, methods norm_grad + norm_grad_selective)
     / time(one SGD training step on the same batch)                       goal <= 1.1
@@ -17,7 +21,7 @@ layer1..layer4, T=2 targets per image, CPU with torch's default thread count.
 ``--check`` also prints the max abs difference between our maps and each baseline's, to
 show the timed variants compute the same thing (it asserts nothing).
 
-Run:  cd /work/main && .ci/venv python benchmarks/bench_saliency.py [--check]
+Run:  cd /work/main && .ci/venv python benchmarks/bench_saliency.py [--check] [--device cuda]
 """
 
 from __future__ import annotations
@@ -191,17 +195,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--arch", default="resnet50", help="a torchvision.models constructor name")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=16, help="B, images per batch")
     parser.add_argument("--size", type=int, default=224, help="image height and width")
     parser.add_argument("--targets", type=int, default=2, help="T, targets (classes) per image")
-    parser.add_argument("--layers", nargs="+", default=["layer1", "layer2", "layer3", "layer4"])
+    parser.add_argument("--layers", nargs="+", default=["layer1", "layer2", "layer3", "layer4"],
+                        help="layer names from model.named_modules()")
     parser.add_argument("--repeat", type=int, default=3,
                         help="timed runs of each single-pass variant (median reported)")
     parser.add_argument("--loop-repeat", type=int, default=1,
                         help="timed runs of the two per-layer x per-target loops ((b) and grad-cam); "
                              "each run is already L*T identical passes")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each single-pass variant")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device (cuda runs are synchronised)")
     parser.add_argument("--skip-peers", action="store_true", help="skip (c) captum and grad-cam")
     parser.add_argument("--check", action="store_true",
                         help="also print max abs diff between our maps and the baselines' maps")

@@ -2,6 +2,8 @@
 
     cd /work/main && .ci/venv python examples/demo.py [--image PATH] [--targets C ...] [--out FILE]
 
+(``.ci/venv`` runs from the repository root, so relative --image/--out paths start there.)
+
 Builds torchvision's resnet18 (ImageNet weights if they are already in the torch hub cache,
 random init otherwise: nothing is downloaded), takes a deterministic synthetic image (or
 ``--image``), explains the top-1 class (or ``--targets``) with five methods at
@@ -136,6 +138,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
+    if args.image and not Path(args.image).is_file():
+        # .ci/venv runs commands from the repository root: relative paths start there.
+        raise SystemExit(f"error: --image {args.image!r} is not a file (relative to {Path.cwd()})")
     model, categories = load_model()
     image = load_image(args.image, args.size) if args.image else synthetic_image(args.size)
     images = to_tensor(image)
