@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -91,10 +92,10 @@ def meta_extract(
     task: str,
     names: Sequence[str],
     keep_inputs: set[str],
-) -> Iterator[tuple[int, int, Extraction]]:
+) -> Iterator[tuple[int, Extraction]]:
     """For every image b and target index t, the extraction of ``targets[b, t]`` at θ'_{b,t}.
 
-    Yields (b, t, extraction with B = T = 1). Runs one (image, target) at a time: a forward
+    Yields (b, extraction with B = T = 1) in (b, t) order. Runs one (image, target) at a time: a forward
     of the image at θ to get all its targets' θ' (shared), then one forward and one
     activation backward at each θ'.
     """
@@ -104,15 +105,7 @@ def meta_extract(
             image = images[b : b + 1]
             steps = stepped_parameters(model, image, targets[b], lr, task, names)
             for t, theta in enumerate(steps):
-                forward = _functional_forward(model, theta)
-                yield b, t, extract(
+                yield b, extract(
                     model, image, targets[b : b + 1, t : t + 1], layers,
-                    keep_inputs=keep_inputs, forward=forward,
+                    keep_inputs=keep_inputs, forward=partial(functional_call, model, theta),
                 )
-
-
-def _functional_forward(model: nn.Module, theta: dict[str, Tensor]):
-    def forward(x: Tensor) -> object:
-        return functional_call(model, theta, (x,))
-
-    return forward

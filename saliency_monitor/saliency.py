@@ -81,7 +81,7 @@ def compute_saliency(
         return _aggregate(extraction, parsed, layers, size, images.device.type)
     names = validate_meta(model, meta_lr, task, meta_params)
     rows: list[list[SaliencyMaps]] = [[] for _ in range(images.shape[0])]
-    for b, _t, extraction in meta_extract(
+    for b, extraction in meta_extract(
         model, images, targets, layers, lr=float(meta_lr), task=task, names=names,
         keep_inputs=keep_inputs,
     ):
