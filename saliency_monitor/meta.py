@@ -97,15 +97,22 @@ def meta_extract(
 
     Yields (b, extraction with B = T = 1) in (b, t) order. Runs one (image, target) at a time: a forward
     of the image at θ to get all its targets' θ' (shared), then one forward and one
-    activation backward at each θ'.
+    activation backward at each θ'. A class repeated in an image's targets (e.g. the label
+    class is also the max-predicted class) is computed once.
     """
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
         images, targets = images.detach().clone(), targets.clone()
         for b in range(images.shape[0]):
             image = images[b : b + 1]
-            steps = stepped_parameters(model, image, targets[b], lr, task, names)
-            for t, theta in enumerate(steps):
-                yield b, extract(
-                    model, image, targets[b : b + 1, t : t + 1], layers,
+            classes = list(dict.fromkeys(targets[b].tolist()))
+            unique = torch.tensor(classes, dtype=targets.dtype, device=targets.device)
+            steps = stepped_parameters(model, image, unique, lr, task, names)
+            done = {
+                c: extract(
+                    model, image, unique[i].view(1, 1), layers,
                     keep_inputs=keep_inputs, forward=partial(functional_call, model, theta),
                 )
+                for i, (c, theta) in enumerate(zip(classes, steps))
+            }
+            for c in targets[b].tolist():
+                yield b, done[c]

@@ -200,3 +200,23 @@ def test_models_without_steppable_parameters() -> None:
     frozen = make_net().requires_grad_(False)
     with pytest.raises(ValueError, match=re.escape("parameters with requires_grad=True for the meta step, but it has none")):
         compute_saliency(frozen, torch.randn(1, 3, 8, 8, dtype=torch.float64), [0], ["relu"], meta_lr=0.1, meta_params="trainable")
+
+
+def test_repeated_targets_of_an_image_are_computed_once() -> None:
+    net = make_net()
+    images = torch.randn(1, 3, 12, 12, dtype=torch.float64)
+    calls = []
+    handle = net.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        distinct = compute_saliency(net, images, [[1, 2, 3]], ["conv3"], METHODS, meta_lr=0.05)
+        forwards_distinct = len(calls)
+        calls.clear()
+        repeated = compute_saliency(net, images, [[2, 2, 1, 2]], ["conv3"], METHODS, meta_lr=0.05)
+    finally:
+        handle.remove()
+    assert (forwards_distinct, len(calls)) == (1 + 3, 1 + 2)  # θ forward, then one per distinct class
+    for m in METHODS:
+        got = repeated[m]["conv3"][0]
+        want = distinct[m]["conv3"][0]
+        torch.testing.assert_close(got[[0, 1, 3]], want[[1, 1, 1]], rtol=0, atol=0)
+        torch.testing.assert_close(got[2], want[0], rtol=0, atol=0)
