@@ -1,0 +1,261 @@
+"""SaliencyMonitor in tiny real fits: schedule, logged keys and values, state, outputs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from saliency_monitor import SaliencyMonitor
+from saliency_monitor.monitor import SaliencyMonitorWarning
+from tests._fits import Classifier, SpyLogger, multiclass_loaders, multilabel_loaders, trainer
+
+METHODS = ("norm_grad_selective", "norm_grad")
+LAYERS = ("net.stem", "net.stage1", "net.stage2", "combined")
+pytestmark = pytest.mark.filterwarnings("ignore:SaliencyMonitor. logger generic:UserWarning")
+CORRELATIONS = ("class_sensitivity", "meta_class_sensitivity", "meta_correlation", "drift")
+
+
+def expected_keys(splits=("train", "val"), drift=True, pointing=False, meta=True, layers=LAYERS) -> set[str]:
+    metrics = ["class_sensitivity", "total_variation"]
+    metrics += ["meta_class_sensitivity", "meta_correlation"] if meta else []
+    metrics += ["drift"] if drift else []
+    metrics += ["pointing_game"] if pointing else []
+    keys = {"saliency/time_s", "saliency/errors"} | ({"saliency/meta_lr"} if meta else set())
+    for method in METHODS:
+        for layer in layers:
+            for split in splits:
+                for metric in metrics:
+                    keys |= {f"saliency/{split}/{metric}/{method}/{layer}",
+                             f"saliency/{split}/{metric}_stderr/{method}/{layer}"}
+            if meta and set(splits) == {"train", "val"}:
+                keys |= {f"saliency/meta_correlation_gap/{method}/{layer}",
+                         f"saliency/meta_correlation_gap_stderr/{method}/{layer}"}
+    return keys
+
+
+def check_ranges(metrics: dict[str, float]) -> None:
+    for key, value in metrics.items():
+        metric = key.split("/")[2] if key.count("/") >= 4 else key
+        assert isinstance(value, float), key
+        if key.endswith("_stderr") or "_stderr/" in key:
+            assert math.isnan(value) or value >= 0, key
+        elif metric in CORRELATIONS:
+            assert -1 <= value <= 1, (key, value)
+        elif metric in ("pointing_game",):
+            assert 0 <= value <= 1, (key, value)
+        elif metric == "total_variation":
+            assert value > 0, (key, value)
+        elif key.startswith("saliency/meta_correlation_gap/"):
+            assert -2 <= value <= 2, (key, value)
+    for key, value in metrics.items():
+        if "_stderr" not in key:
+            assert math.isfinite(value), (key, value)
+
+
+def test_multiclass_fit_logs_the_documented_keys(tmp_path) -> None:
+    spy = SpyLogger()
+    monitor = SaliencyMonitor(num_train_probes=6, num_val_probes=6, meta_lr=0.05)
+    train, val = multiclass_loaders()
+    trainer(tmp_path, [monitor], logger=spy).fit(Classifier(), train, val)
+
+    records = spy.saliency()
+    assert [step for step, _ in records] == [0, 3, 6]  # fit start, then each of the 2 epochs (3 steps each)
+    assert set(records[0][1]) == expected_keys(drift=False)
+    for _, metrics in records[1:]:
+        assert set(metrics) == expected_keys()
+    for _, metrics in records:
+        check_ranges(metrics)
+        assert metrics["saliency/time_s"] > 0 and metrics["saliency/meta_lr"] == 0.05
+        assert metrics["saliency/errors"] == 0
+    # the gap is train − val of the logged means
+    last = records[-1][1]
+    for method in METHODS:
+        key = f"{method}/combined"
+        assert last[f"saliency/meta_correlation_gap/{key}"] == pytest.approx(
+            last[f"saliency/train/meta_correlation/{key}"] - last[f"saliency/val/meta_correlation/{key}"])
+
+
+def test_multilabel_boxes_give_the_pointing_game_and_the_task_is_inferred(tmp_path) -> None:
+    spy = SpyLogger()
+    monitor = SaliencyMonitor(num_train_probes=6, num_val_probes=4, meta_lr=0.05)
+    train, val = multilabel_loaders()
+    trainer(tmp_path, [monitor], logger=spy, max_epochs=1).fit(Classifier(multilabel=True), train, val)
+    assert monitor.state_dict()["task"] == "multilabel"
+    records = spy.saliency()
+    assert set(records[-1][1]) == expected_keys(pointing=True)
+    for _, metrics in records:
+        check_ranges(metrics)
+
+
+def test_step_schedule_and_no_evaluation_in_the_sanity_check(tmp_path) -> None:
+    spy = SpyLogger()
+    monitor = SaliencyMonitor(num_train_probes=3, num_val_probes=3, meta_lr=None, every_n_train_steps=2)
+    train, val = multiclass_loaders()
+    trainer(tmp_path, [monitor], logger=spy, num_sanity_val_steps=2).fit(Classifier(), train, val)
+    records = spy.saliency()
+    assert [step for step, _ in records] == [0, 2, 4, 6]
+    assert set(records[1][1]) == expected_keys(meta=False)
+
+
+def test_without_a_logger_metrics_land_in_callback_metrics_and_it_warns_once(tmp_path) -> None:
+    monitor = SaliencyMonitor(num_train_probes=3, num_val_probes=3, meta_lr=0.05)
+    train, val = multiclass_loaders()
+    fit = trainer(tmp_path, [monitor], logger=False)
+    with pytest.warns(SaliencyMonitorWarning, match="no logger") as caught:
+        fit.fit(Classifier(), train, val)
+    assert sum("no logger" in str(w.message) for w in caught) == 1
+    assert expected_keys() <= set(fit.callback_metrics)
+
+
+def test_resume_continues_the_same_probes_and_history(tmp_path) -> None:
+    train, val = multiclass_loaders()
+    first = SaliencyMonitor(num_train_probes=4, num_val_probes=4, meta_lr="optimizer", seed=3)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, [first, checkpoint], max_epochs=1, enable_checkpointing=True, logger=SpyLogger()).fit(
+        Classifier(), train, val)
+    saved = first.state_dict()
+    assert saved["evaluations"] == 2 and saved["meta_lr"] == 0.05
+
+    spy = SpyLogger()
+    second = SaliencyMonitor(num_train_probes=4, num_val_probes=4, meta_lr="optimizer", seed=0)
+    trainer(tmp_path, [second], max_epochs=2, logger=spy).fit(
+        Classifier(), train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    state = second.state_dict()
+    assert state["identities"] == saved["identities"]  # the seed of the first run, not the new one
+    assert state["evaluations"] == 3
+    records = spy.saliency()
+    assert [step for step, _ in records] == [6]  # no second baseline
+    assert set(records[0][1]) == expected_keys()  # drift against the maps saved in the checkpoint
+
+
+def test_probe_draw_and_evaluation_leave_training_bitwise_unchanged(tmp_path) -> None:
+    def run(callbacks: list) -> tuple[dict, dict, torch.Tensor]:
+        pl.seed_everything(7, verbose=False)
+        model = Classifier()
+        train, val = multiclass_loaders()
+        fit = trainer(tmp_path, callbacks, max_epochs=2)
+        fit.fit(model, train, val)
+        return model.state_dict(), fit.optimizers[0].state_dict(), torch.get_rng_state()
+
+    monitor = SaliencyMonitor(num_train_probes=4, num_val_probes=4, meta_lr=0.05, every_n_train_steps=2)
+    with pytest.warns(SaliencyMonitorWarning, match="no logger"):
+        with_monitor = run([monitor])
+    without = run([])
+    assert monitor.state_dict()["evaluations"] == 4
+    for name, value in without[0].items():
+        assert torch.equal(value, with_monitor[0][name]), name
+    for index, state in without[1]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, with_monitor[1]["state"][index][key]), (index, key)
+    assert torch.equal(without[2], with_monitor[2])
+
+
+def test_fast_dev_run_and_validate(tmp_path) -> None:
+    train, val = multiclass_loaders()
+    monitor = SaliencyMonitor(meta_lr=0.05)
+    model = Classifier()
+    trainer(tmp_path, [monitor], fast_dev_run=True).fit(model, train, val)
+    assert {len(ids) for ids in monitor.state_dict()["identities"].values()} == {2}
+    assert monitor.state_dict()["evaluations"] == 2
+
+    spy = SpyLogger()
+    validator = SaliencyMonitor(num_val_probes=4, meta_lr=0.05)
+    trainer(tmp_path, [validator], logger=spy).validate(model, val)
+    records = spy.saliency()
+    assert len(records) == 1
+    assert set(records[0][1]) == expected_keys(splits=("val",), drift=False)
+
+
+def test_unknown_layer_is_refused_at_setup(tmp_path) -> None:
+    train, val = multiclass_loaders()
+    monitor = SaliencyMonitor(layers=["net.stage3"])
+    with pytest.raises(ValueError, match=r"but got 'net.stage3'. Did you mean one of \['net.stage2'"):
+        trainer(tmp_path, [monitor]).fit(Classifier(), train, val)
+
+
+# --------------------------------------------------------------------------- real loggers end to end
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return tmp_path
+
+
+def picture_is_not_blank(picture: np.ndarray) -> bool:
+    return picture.ndim == 3 and picture.shape[2] == 3 and picture.std() > 20 and len(np.unique(picture)) > 50
+
+
+def test_wandb_offline_run_holds_keys_pictures_and_tables(wandb_env) -> None:
+    import wandb
+    from pytorch_lightning.loggers import WandbLogger
+
+    from saliency_monitor.loggers import offline_history, read_offline_run
+
+    logger = WandbLogger(save_dir=str(wandb_env), project="saliency-monitor-tests")
+    monitor = SaliencyMonitor(num_train_probes=4, num_val_probes=4, meta_lr=0.05, num_logged_images=2)
+    train, val = multiclass_loaders()
+    try:
+        trainer(wandb_env, [monitor], logger=logger, max_epochs=1).fit(Classifier(), train, val)
+        run_dir = Path(logger.experiment.dir).parent
+    finally:
+        wandb.finish()
+    history = offline_history(read_offline_run(run_dir))
+    scalars = [item for item in history if "saliency/time_s" in item]
+    assert [item["trainer/global_step"] for item in scalars] == [0, 3]
+    assert expected_keys() <= set(scalars[-1])
+    check_ranges({k: float(v) for k, v in scalars[-1].items() if k.startswith("saliency/")})
+    for split in ("train", "val"):
+        pictures = [item for item in history if f"saliency_maps/{split}._type" in item]
+        assert [item["trainer/global_step"] for item in pictures] == [0, 3]
+        for item in pictures:
+            assert len(item[f"saliency_maps/{split}.captions"]) == len(METHODS)
+            for name in item[f"saliency_maps/{split}.filenames"]:
+                assert picture_is_not_blank(np.asarray(Image.open(run_dir / "files" / name).convert("RGB")))
+        tables = [item for item in history if f"saliency_probes/{split}._type" in item]
+        table = json.loads((run_dir / "files" / tables[-1][f"saliency_probes/{split}.path"]).read_text())
+        assert len(table["data"]) == 4 and table["columns"][:3] == ["probe", "identity", "label"]
+        assert "meta_correlation/norm_grad_selective/combined" in table["columns"]
+
+
+def test_tensorboard_and_csv_read_back(tmp_path) -> None:
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tensorboard = TensorBoardLogger(tmp_path, name="tb")
+    csv_logger = CSVLogger(tmp_path, name="csv")
+    monitor = SaliencyMonitor(num_train_probes=3, num_val_probes=3, meta_lr=0.05, num_logged_images=1)
+    train, val = multiclass_loaders()
+    trainer(tmp_path, [monitor], logger=[tensorboard, csv_logger], max_epochs=1).fit(Classifier(), train, val)
+    tensorboard.save()
+    csv_logger.save()
+
+    events = EventAccumulator(tensorboard.log_dir, size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    gap = "saliency/meta_correlation_gap/norm_grad/combined"
+    assert [e.step for e in events.Scalars(gap)] == [0, 3]
+    images = events.Images("saliency_maps/train/0")
+    assert [e.step for e in images] == [0, 3]
+    assert picture_is_not_blank(np.asarray(Image.open(io.BytesIO(images[-1].encoded_image_string)).convert("RGB")))
+
+    with open(Path(csv_logger.log_dir) / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get(gap)]
+    assert [int(row["step"]) for row in rows] == [0, 3]
+    pngs = sorted((Path(csv_logger.log_dir) / "saliency_maps" / "val").glob("*.png"))
+    assert len(pngs) == 2 * len(METHODS) and all(picture_is_not_blank(np.asarray(Image.open(p).convert("RGB"))) for p in pngs)
+    with open(Path(csv_logger.log_dir) / "saliency_probes" / "train.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert [int(row["step"]) for row in table] == [0] * 3 + [3] * 3
