@@ -76,10 +76,13 @@ def stepped_parameters(
         grads = torch.autograd.grad(
             loss, list(leaves.values()), retain_graph=t < len(targets) - 1, allow_unused=True
         )
-        yield {
-            n: leaves[n].detach() if g is None else leaves[n].detach() - lr * g
-            for n, g in zip(leaves, grads)
-        }
+        stepped = [n for n, g in zip(leaves, grads) if g is not None]
+        moved = torch._foreach_add(  # θ − lr·g in one fused pass over all tensors
+            [leaves[n].detach() for n in stepped], [g for g in grads if g is not None], alpha=-lr
+        )
+        theta = {n: leaves[n].detach() for n in leaves}
+        theta.update(zip(stepped, moved))
+        yield theta
 
 
 def meta_extract(

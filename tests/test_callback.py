@@ -259,3 +259,86 @@ def test_tensorboard_and_csv_read_back(tmp_path) -> None:
     with open(Path(csv_logger.log_dir) / "saliency_probes" / "train.csv") as handle:
         table = list(csv.DictReader(handle))
     assert [int(row["step"]) for row in table] == [0] * 3 + [3] * 3
+
+
+# --------------------------------------------------------------------------- namespaces, warnings, faults
+
+
+def test_a_scalar_only_logger_is_warned_about_once(tmp_path) -> None:
+    import warnings as _warnings
+
+    spy = SpyLogger()
+    monitor = SaliencyMonitor(num_train_probes=2, num_val_probes=2, meta_lr=None)
+    train, val = multiclass_loaders()
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        trainer(tmp_path, [monitor], logger=spy).fit(Classifier(), train, val)
+    ours = [w for w in caught if issubclass(w.category, SaliencyMonitorWarning)]
+    assert [str(w.message) for w in ours] == [
+        "SaliencyMonitor: logger generic(SpyLogger) takes scalars only; saliency pictures and tables are not sent to it."
+    ]
+    assert len(spy.saliency()) == 3
+
+
+def test_lightning_pytorch_namespace(tmp_path) -> None:
+    import lightning.pytorch as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from saliency_monitor.lightning import SaliencyMonitor as LightningMonitor
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Classifier()
+
+        def forward(self, x):
+            return self.inner(x)
+
+        def training_step(self, batch, batch_idx):
+            return self.inner.training_step(batch, batch_idx)
+
+        def validation_step(self, batch, batch_idx):
+            return self.inner.validation_step(batch, batch_idx)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    assert isinstance(LightningMonitor(), L.Callback) and not isinstance(SaliencyMonitor(), L.Callback)
+    monitor = LightningMonitor(num_train_probes=3, num_val_probes=3, meta_lr=0.05)
+    logger = CSVLogger(tmp_path, name="csv")
+    train, val = multiclass_loaders()
+    L.Trainer(max_epochs=1, accelerator="cpu", logger=logger, callbacks=[monitor], enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0).fit(Module(), train, val)
+    with open(Path(logger.log_dir) / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("saliency/time_s")]
+    assert [int(row["step"]) for row in rows] == [0, 3]
+    assert {key.replace("/net.", "/inner.net.") for key in expected_keys()} <= set(rows[-1])
+    assert sorted((Path(logger.log_dir) / "saliency_maps" / "train").glob("*.png"))
+
+
+class Explodes(torch.nn.Module):
+    """Identity, except in eval mode with autograd on: what only a saliency pass does."""
+
+    def forward(self, x):
+        if not self.training and torch.is_grad_enabled():
+            raise RuntimeError("injected fault")
+        return x
+
+
+def test_on_error_warn_keeps_training_and_counts_faults(tmp_path) -> None:
+    model = Classifier()
+    model.net.stage2.append(Explodes())
+    spy = SpyLogger()
+    monitor = SaliencyMonitor(num_train_probes=2, num_val_probes=2, meta_lr=None, layers=["net.stem"])
+    train, val = multiclass_loaders()
+    with pytest.warns(SaliencyMonitorWarning, match="(?s)failed and was skipped.*RuntimeError: injected fault"):
+        fit = trainer(tmp_path, [monitor], logger=spy)
+        fit.fit(model, train, val)
+    assert fit.global_step == 6  # training went on
+    errors = [metrics["saliency/errors"] for _, metrics in spy.saliency()]
+    assert errors == [1.0, 2.0, 3.0]
+    assert all(not m._forward_hooks for m in model.modules()) and model.training
+
+    raising = SaliencyMonitor(num_train_probes=2, num_val_probes=2, meta_lr=None, layers=["net.stem"], on_error="raise")
+    with pytest.raises(RuntimeError, match="injected fault"):
+        trainer(tmp_path, [raising]).fit(model, train, val)

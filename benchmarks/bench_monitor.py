@@ -1,0 +1,182 @@
+"""SaliencyMonitor overhead in a real Lightning fit of the VOC example's shape.
+
+    .ci/venv python benchmarks/bench_monitor.py [--arch resnet50 --size 224 --batch 16 --steps 3]
+
+Stand-in for the VOC example: a torchvision ``--arch`` with 20 outputs, multilabel BCE, SGD,
+synthetic ``--size``² images carrying boxes (so the pointing game runs), the monitor at its
+defaults (16 + 16 probes, norm_grad_selective + norm_grad, default layers, meta on with the
+calibrated step). A full VOC2007 trainval epoch (5011 images) does not fit a CPU benchmark,
+so the script measures, in one run:
+
+- the training step (median of ``--repeat`` steps of a batch, forward + backward + SGD step);
+- one monitor evaluation (``saliency/time_s`` as the monitor logs it, median over the
+  evaluations of a short fit: the baseline at fit start and one at each epoch end);
+- the one-off fit-start cost (probe draw + step calibration), from the fit's wall time;
+
+and prints the evaluation as a multiple of a training step and the monitor's share of a
+VOC2007-trainval-sized epoch at ``every_n_epochs=1``:
+share = evaluation / (evaluation + ceil(5011 / batch) · step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch.utils.data import DataLoader, Dataset
+
+from _timing import measure, print_table
+from saliency_monitor import SaliencyMonitor
+from pytorch_lightning.loggers import Logger
+
+VOC_TRAINVAL = 5011
+NUM_CLASSES = 20
+
+
+class Boxes(Dataset):
+    """Random images, 1-2 classes each with a box; targets as torchvision detection dicts."""
+
+    def __init__(self, count: int, size: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(count, 3, size, size, generator=generator)
+        self.targets = []
+        for i in range(count):
+            classes = torch.randperm(NUM_CLASSES, generator=generator)[: 1 + i % 2]
+            corners = torch.rand(len(classes), 2, generator=generator) * size / 2
+            boxes = torch.cat([corners, corners + size / 3], dim=1)
+            self.targets.append({"labels": classes, "boxes": boxes})
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.targets[index]
+
+
+def collate(batch):
+    images, targets = zip(*batch)
+    return torch.stack(images), list(targets)
+
+
+def multi_hot(targets) -> torch.Tensor:
+    return torch.stack([torch.zeros(NUM_CLASSES).index_fill_(0, t["labels"], 1.0) for t in targets])
+
+
+class Module(pl.LightningModule):
+    def __init__(self, arch: str) -> None:
+        super().__init__()
+        self.model = getattr(torchvision.models, arch)(num_classes=NUM_CLASSES)
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        return F.binary_cross_entropy_with_logits(self(images), multi_hot(targets))
+
+    def validation_step(self, batch, batch_idx):
+        images, targets = batch
+        self.log("val_loss", F.binary_cross_entropy_with_logits(self(images), multi_hot(targets)), batch_size=len(images))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+
+class Spy(Logger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+        self.meta_lr = math.nan
+
+    name = "spy"
+    version = "0"
+
+    def log_hyperparams(self, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        if "saliency/time_s" in metrics:
+            self.times.append(metrics["saliency/time_s"])
+            self.meta_lr = metrics.get("saliency/meta_lr", math.nan)
+
+
+def fit(args, monitor: SaliencyMonitor | None, spy: Spy) -> float:
+    pl.seed_everything(0, verbose=False)
+    train = DataLoader(Boxes(max(64, args.batch * args.steps), args.size, 0), batch_size=args.batch, shuffle=True,
+                       collate_fn=collate)
+    val = DataLoader(Boxes(32, args.size, 1), batch_size=args.batch, collate_fn=collate)
+    trainer = pl.Trainer(
+        max_epochs=args.epochs, limit_train_batches=args.steps, limit_val_batches=1, accelerator=args.accelerator,
+        devices=1, logger=spy, callbacks=[monitor] if monitor else [], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        default_root_dir=tempfile.mkdtemp(),
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Module(args.arch), train, val)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=2, help="training steps per epoch in the short fits")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--accelerator", default="cpu")
+    args = parser.parse_args()
+    device = "cuda" if args.accelerator in ("gpu", "cuda") else "cpu"
+    print(f"{args.arch} {args.size}px batch {args.batch}, {torch.get_num_threads()} threads, device {device}, "
+          f"load {os.getloadavg()[0]:.2f}", file=sys.stderr)
+
+    module = Module(args.arch).to(device)
+    optimizer = module.configure_optimizers()
+    batch = collate([Boxes(args.batch, args.size, 2)[i] for i in range(args.batch)])
+    images, targets = batch[0].to(device), multi_hot(batch[1]).to(device)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        F.binary_cross_entropy_with_logits(module(images), targets).backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    step_time = measure(step, repeat=args.repeat).median
+
+    without = Spy()
+    base_wall = fit(args, None, without)
+    spy = Spy()
+    monitor = SaliencyMonitor()
+    with_wall = fit(args, monitor, spy)
+    evaluation = statistics.median(spy.times)
+    fit_start = with_wall - base_wall - sum(spy.times)
+    steps_per_epoch = math.ceil(VOC_TRAINVAL / args.batch)
+    share = evaluation / (evaluation + steps_per_epoch * step_time)
+    print_table(
+        ["quantity", "value"],
+        [
+            ["training step (s)", f"{step_time:.3f}"],
+            ["monitor evaluation (s), median of " + str(len(spy.times)), f"{evaluation:.2f}"],
+            ["evaluation / training step", f"{evaluation / step_time:.1f}"],
+            ["fit-start cost: probe draw + step calibration (s)", f"{fit_start:.1f}"],
+            ["calibrated meta_lr", f"{spy.meta_lr:.3g}"],
+            [f"share of a VOC2007 trainval epoch ({steps_per_epoch} steps)", f"{100 * share:.1f}%"],
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
