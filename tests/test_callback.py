@@ -342,3 +342,18 @@ def test_on_error_warn_keeps_training_and_counts_faults(tmp_path) -> None:
     raising = SaliencyMonitor(num_train_probes=2, num_val_probes=2, meta_lr=None, layers=["net.stem"], on_error="raise")
     with pytest.raises(RuntimeError, match="injected fault"):
         trainer(tmp_path, [raising]).fit(model, train, val)
+
+
+def test_default_meta_step_is_calibrated_once_and_logged(tmp_path) -> None:
+    from saliency_monitor.meta_lr import calibrate_meta_lr
+
+    spy = SpyLogger()
+    monitor = SaliencyMonitor(num_train_probes=4, num_val_probes=2)
+    train, val = multiclass_loaders()
+    model = Classifier()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer(tmp_path, [monitor], logger=spy).fit(model, train, val)
+    logged = {metrics["saliency/meta_lr"] for _, metrics in spy.saliency()}
+    assert logged == {monitor.state_dict()["meta_lr"]} and 1e-4 <= logged.pop() <= 0.1
+    model.load_state_dict(initial)  # the calibration ran on the initial weights and the train probes
+    assert calibrate_meta_lr(model, monitor._probes["train"], monitor._settings) == monitor.state_dict()["meta_lr"]
