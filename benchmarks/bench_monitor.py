@@ -97,6 +97,7 @@ class Spy(Logger):
         super().__init__()
         self.times: list[float] = []
         self.meta_lr = math.nan
+        self.errors = 0.0
 
     name = "spy"
     version = "0"
@@ -105,6 +106,7 @@ class Spy(Logger):
         pass
 
     def log_metrics(self, metrics, step=None) -> None:
+        self.errors = max(self.errors, metrics.get("saliency/errors", 0.0))
         if "saliency/time_s" in metrics:
             self.times.append(metrics["saliency/time_s"])
             self.meta_lr = metrics.get("saliency/meta_lr", math.nan)
@@ -123,7 +125,7 @@ def fit(args, monitor: SaliencyMonitor | None, spy: Spy) -> float:
     )
     start = time.perf_counter()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.filterwarnings("ignore", message=".*(takes scalars only|litlogger|log_every_n_steps).*")
         trainer.fit(Module(args.arch), train, val)
     return time.perf_counter() - start
 
@@ -161,6 +163,9 @@ def main() -> None:
     spy = Spy()
     monitor = SaliencyMonitor()
     with_wall = fit(args, monitor, spy)
+    if spy.errors or len(spy.times) != args.epochs + 1:
+        raise SystemExit(f"the monitor logged {len(spy.times)} evaluations and {spy.errors:.0f} errors; expected "
+                         f"{args.epochs + 1} and 0")
     evaluation = statistics.median(spy.times)
     fit_start = with_wall - base_wall - sum(spy.times)
     steps_per_epoch = math.ceil(VOC_TRAINVAL / args.batch)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -71,6 +71,8 @@ class EvaluationSettings:
     pointing_tolerance: float = 15.0
     batch_size: int = 16
     """Probes per ``compute_saliency`` call (memory bound)."""
+    output_to_logits: Callable[[object], Tensor] | None = None
+    """Maps the model's output to (B, C) logits when it is not that tensor itself."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,9 @@ class SplitEvaluation:
     """(N, 3) int64: label, max- and min-predicted class."""
     probabilities: Tensor
     """(N, C) float32: softmax (multiclass) or sigmoid (multilabel) of the logits."""
+    nonfinite: dict[str, int] = field(default_factory=dict)
+    """``f"{plain|meta}/{method}/{layer}"`` -> probes whose maps held inf/NaN (a meta step too
+    large for the model overflows float32): their maps are NaN and their metrics NaN."""
 
     @property
     def reference(self) -> DriftReference:
@@ -125,9 +130,10 @@ def evaluate_probes(
     for start in range(0, len(probes), settings.batch_size):
         chunk = probes.select(range(start, min(start + settings.batch_size, len(probes))))
         images = chunk.images.to(device=device, dtype=dtype)
-        logits = _logits(model, images)
+        logits = _logits(model, images, settings.output_to_logits)
         targets, probabilities = _targets(logits, chunk, settings.task)
-        common = dict(layers=list(settings.layers), methods=list(settings.methods))
+        common = dict(layers=list(settings.layers), methods=list(settings.methods),
+                      output_to_logits=settings.output_to_logits)
         plain_parts.append(_to_cpu(compute_saliency(model, images, targets, **common)))
         if settings.meta_lr is not None:
             meta_parts.append(_to_cpu(compute_saliency(
@@ -139,8 +145,10 @@ def evaluate_probes(
         if progress is not None:
             progress(len(chunk))
     targets = torch.cat(target_parts)
-    plain = _with_combined(_cat(plain_parts), settings, size)
-    meta = _with_combined(_cat(meta_parts), settings, size) if meta_parts else None
+    plain, plain_bad = _blank_nonfinite(_cat(plain_parts))
+    plain = _with_combined(plain, settings, size)
+    meta, meta_bad = _blank_nonfinite(_cat(meta_parts)) if meta_parts else (None, {})
+    meta = _with_combined(meta, settings, size) if meta is not None else None
     masks = _label_masks(probes, targets, len(probability_parts[0][0]))
 
     values: dict[str, Tensor] = {}
@@ -158,12 +166,24 @@ def evaluate_probes(
             if masks is not None:
                 hits = pointing_hits(maps[:, LABEL], masks, settings.pointing_tolerance).double()
                 values[f"pointing_game/{key}"] = torch.where(masks.flatten(1).any(1), hits, math.nan)
+    for key in values:  # a probe whose maps overflowed has no value, whatever the metric made of them
+        metric, method, layer = key.split("/", 2)
+        bad = plain_bad[method][layer] | (meta_bad[method][layer] if metric.startswith("meta_") else False)
+        values[key] = torch.where(bad, math.nan, values[key].double())
+    nonfinite = {
+        f"{kind}/{method}/{layer}": int(bad.sum())
+        for kind, table in (("plain", plain_bad), ("meta", meta_bad))
+        for method, per_layer in table.items()
+        for layer, bad in per_layer.items()
+        if layer != COMBINED and bad.any()
+    }
     return SplitEvaluation(
         values={k: v.double() for k, v in values.items()},
         maps=_label_only(plain),
         meta_maps=_label_only(meta) if meta is not None else None,
         targets=targets,
         probabilities=torch.cat(probability_parts),
+        nonfinite=nonfinite,
     )
 
 
@@ -185,14 +205,17 @@ def summarize(values: Mapping[str, Tensor]) -> dict[str, tuple[float, float, int
 # --------------------------------------------------------------------------- helpers
 
 
-def _logits(model: nn.Module, images: Tensor) -> Tensor:
+def _logits(model: nn.Module, images: Tensor, output_to_logits: Callable[[object], Tensor] | None = None) -> Tensor:
     with torch.no_grad(), eval_mode(model):
         logits = model(images)
+        if output_to_logits is not None:
+            logits = output_to_logits(logits)
     if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != images.shape[0] or logits.shape[1] < 2:
         got = f"shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
+        hint = "" if output_to_logits is not None else " (pass `output_to_logits=` to pick the logits from the output)"
         raise ValueError(
             f"Expected the model to map (B, C_in, H, W) images to (B, C) class logits with C >= 2, but got {got} "
-            f"for B={images.shape[0]}."
+            f"for B={images.shape[0]}{hint}."
         )
     return logits.float()
 
@@ -212,6 +235,19 @@ def _to_cpu(maps: SaliencyMaps) -> SaliencyMaps:
 
 def _cat(parts: Sequence[SaliencyMaps]) -> SaliencyMaps:
     return {m: {l: torch.cat([p[m][l] for p in parts]) for l in parts[0][m]} for m in parts[0]}
+
+
+def _blank_nonfinite(maps: SaliencyMaps) -> tuple[SaliencyMaps, dict[str, dict[str, Tensor]]]:
+    """Maps (N, T, h, w) with every probe that has a non-finite value set to NaN, and the
+    (N,) bool of those probes per method and layer (``"combined"``: any layer)."""
+    bad = {m: {l: ~t.isfinite().flatten(1).all(1) for l, t in per_layer.items()} for m, per_layer in maps.items()}
+    for method, per_layer in bad.items():
+        per_layer[COMBINED] = torch.stack(list(per_layer.values())).any(0)
+    blanked = {
+        m: {l: torch.where(bad[m][l][:, None, None, None], math.nan, t) for l, t in per_layer.items()}
+        for m, per_layer in maps.items()
+    }
+    return blanked, bad
 
 
 def _with_combined(maps: SaliencyMaps, settings: EvaluationSettings, size: tuple[int, int]) -> SaliencyMaps:

@@ -101,6 +101,7 @@ def extract(
     *,
     keep_inputs: Collection[str] = (),
     forward: Callable[[Tensor], object] | None = None,
+    output_to_logits: Callable[[object], Tensor] | None = None,
 ) -> Extraction:
     """Forward ``images`` once and backpropagate each target's logit to every layer.
 
@@ -112,6 +113,7 @@ def extract(
         keep_inputs: layers whose module input to keep as well.
         forward: calls the model (default ``model``); e.g. a ``functional_call`` with other
             parameters. Hooks are on ``model``'s modules, so it must run them.
+        output_to_logits: maps the model's output (e.g. a dict or tuple) to (B, C) logits.
     """
     recorder = _Recorder(model, layers, keep_inputs)
     try:
@@ -120,6 +122,8 @@ def extract(
             x = images.detach().clone().requires_grad_(True)
             targets = targets.clone()
             logits = (forward or model)(x)
+            if output_to_logits is not None:
+                logits = output_to_logits(logits)
             recorder.remove()
             _check_logits(logits, images.shape[0])
             _check_targets_range(targets, logits.shape[1])

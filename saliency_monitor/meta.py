@@ -16,7 +16,7 @@ binary cross-entropy of logit c toward 1, i.e. softplus(−logit_c). Both in eva
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 
 import torch
@@ -56,7 +56,13 @@ def meta_loss(logits: Tensor, target: Tensor, task: str) -> Tensor:
 
 
 def stepped_parameters(
-    model: nn.Module, image: Tensor, targets: Tensor, lr: float, task: str, names: Sequence[str]
+    model: nn.Module,
+    image: Tensor,
+    targets: Tensor,
+    lr: float,
+    task: str,
+    names: Sequence[str],
+    output_to_logits: Callable[[object], Tensor] | None = None,
 ) -> Iterator[dict[str, Tensor]]:
     """Yield θ' for each target of one image, sharing that image's forward pass.
 
@@ -68,6 +74,8 @@ def stepped_parameters(
     params = dict(model.named_parameters())
     leaves = {n: params[n].detach().requires_grad_(True) for n in names}
     output = functional_call(model, leaves, (image,))
+    if output_to_logits is not None:
+        output = output_to_logits(output)
     _check_logits(output, 1)
     _check_targets_range(targets, output.shape[1])
     logits = output[0]
@@ -95,6 +103,7 @@ def meta_extract(
     task: str,
     names: Sequence[str],
     keep_inputs: set[str],
+    output_to_logits: Callable[[object], Tensor] | None = None,
 ) -> Iterator[tuple[int, Extraction]]:
     """For every image b and target index t, the extraction of ``targets[b, t]`` at θ'_{b,t}.
 
@@ -109,11 +118,12 @@ def meta_extract(
             image = images[b : b + 1]
             classes = list(dict.fromkeys(targets[b].tolist()))
             unique = torch.tensor(classes, dtype=targets.dtype, device=targets.device)
-            steps = stepped_parameters(model, image, unique, lr, task, names)
+            steps = stepped_parameters(model, image, unique, lr, task, names, output_to_logits)
             done = {
                 c: extract(
                     model, image, unique[i].view(1, 1), layers,
                     keep_inputs=keep_inputs, forward=partial(functional_call, model, theta),
+                    output_to_logits=output_to_logits,
                 )
                 for i, (c, theta) in enumerate(zip(classes, steps))
             }

@@ -60,8 +60,8 @@ def calibrate_meta_lr(
     parameter = next(model.parameters())
     chosen = probes.select(range(min(num_probes, len(probes))))
     images = chosen.images.to(device=parameter.device, dtype=parameter.dtype)
-    labels = _targets(_logits(model, images), chosen, settings.task)[0][:, :1]
-    common = dict(layers=list(settings.layers), methods=[settings.methods[0]])
+    labels = _targets(_logits(model, images, settings.output_to_logits), chosen, settings.task)[0][:, :1]
+    common = dict(layers=list(settings.layers), methods=[settings.methods[0]], output_to_logits=settings.output_to_logits)
     weights = layer_weights(settings.combine_weights, num_layers=len(settings.layers)).tolist()
     size = tuple(images.shape[-2:])
 
@@ -71,15 +71,19 @@ def calibrate_meta_lr(
     plain = combined(compute_saliency(model, images, labels, **common))
 
     def correlation(lr: float) -> float:
-        meta = compute_saliency(model, images, labels, **common, meta_lr=lr, task=settings.task,
-                                meta_params=settings.meta_params)
-        values = map_correlation(plain, combined(meta), None)
-        return float(values[~values.isnan()].mean()) if (~values.isnan()).any() else math.nan
+        """Mean ρ over the probes; −inf when a map overflows (the step is far too large)."""
+        meta = combined(compute_saliency(model, images, labels, **common, meta_lr=lr, task=settings.task,
+                                         meta_params=settings.meta_params))
+        if not meta.isfinite().all():
+            return -math.inf
+        values = map_correlation(plain, meta, None)
+        finite = values[~values.isnan()]  # NaN: a constant map
+        return float(finite.mean()) if len(finite) else -math.inf
 
-    low, high = None, None  # low: correlation above target; high: below
+    low, high = None, None  # low: correlation at or above target; high: below
     for lr in _DECADES:
         value = correlation(lr)
-        if value >= target or math.isnan(value):
+        if value >= target:
             low = lr
         else:
             high = lr

@@ -14,6 +14,8 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -34,6 +36,8 @@ from .evaluation import (
     evaluate_probes,
     summarize,
 )
+from .distributed import agree, gather_evaluation, select_reference, shard, shard_sizes
+from .evaluation import _logits
 from .layers import default_layers, validate_layer_names
 from .loggers import SaliencyLogger, adapt_loggers
 from .meta import META_PARAMS, TASKS
@@ -45,6 +49,7 @@ DEFAULT_METHODS = ("norm_grad_selective", "norm_grad")
 SPLITS = ("train", "val")
 ON_ERROR = ("warn", "raise")
 _STATE_VERSION = 1
+_SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
 
 
 class SaliencyMonitorWarning(UserWarning):
@@ -111,6 +116,8 @@ class SaliencyMonitorLogic:
         batch_to_probe: callable turning one of your batches into ``(images, labels)``, for
             batch formats the default parser does not know (see
             :func:`saliency_monitor.probes.parse_batch`).
+        output_to_logits: for modules whose forward does not return the (B, C) logits tensor
+            (a dict, a tuple, ...): maps the output to it, e.g. ``lambda out: out["logits"]``.
         num_logged_images: probes shown in the pictures (0 = no pictures).
         combine_weights, combine_mode: the layer combination (``uniform``/``linear``,
             ``sum``/``product``).
@@ -136,6 +143,7 @@ class SaliencyMonitorLogic:
         meta_params: str = "all",
         class_names: Sequence[str] | None = None,
         batch_to_probe: Callable[[Any], Any] | None = None,
+        output_to_logits: Callable[[Any], Tensor] | None = None,
         num_logged_images: int = 4,
         combine_weights: str = "uniform",
         combine_mode: str = "sum",
@@ -184,6 +192,8 @@ class SaliencyMonitorLogic:
             class_names = _check_names(class_names, "class_names")
         if batch_to_probe is not None and not callable(batch_to_probe):
             raise TypeError(f"Expected `batch_to_probe` to be callable, but got {type(batch_to_probe).__name__}.")
+        if output_to_logits is not None and not callable(output_to_logits):
+            raise TypeError(f"Expected `output_to_logits` to be callable, but got {type(output_to_logits).__name__}.")
         _check_int(num_logged_images, "num_logged_images", minimum=0)
         if combine_weights not in LAYER_WEIGHTINGS:
             raise ValueError(f"Expected `combine_weights` to be one of {list(LAYER_WEIGHTINGS)}, but got {combine_weights!r}.")
@@ -211,6 +221,7 @@ class SaliencyMonitorLogic:
         self.meta_params = meta_params
         self.class_names = class_names
         self.batch_to_probe = batch_to_probe
+        self.output_to_logits = output_to_logits
         self.num_logged_images = num_logged_images
         self.combine_weights = combine_weights
         self.combine_mode = combine_mode
@@ -234,11 +245,19 @@ class SaliencyMonitorLogic:
     # ------------------------------------------------------------------ Lightning hooks
 
     def setup(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
+        strategy = type(trainer.strategy).__name__
+        if strategy in _SHARDED_STRATEGIES:
+            raise ValueError(
+                f"Expected a single-device or data-parallel strategy (e.g. 'ddp'), but got {strategy}: it shards the "
+                "parameters across ranks, and the saliency maps need the whole model on each rank. Run the monitor "
+                "in a separate evaluation job on a consolidated checkpoint instead."
+            )
         if self.layers is not None:
             validate_layer_names(pl_module, self.layers)
 
     def on_train_start(self, trainer: Any, pl_module: nn.Module) -> None:
-        self._prepare(trainer, pl_module, splits=SPLITS)
+        with _eager():
+            self._prepare(trainer, pl_module, splits=SPLITS)
         if self._evaluations == 0:  # the baseline (skipped when resuming)
             self._run(trainer, pl_module, splits=tuple(self._probes))
 
@@ -256,7 +275,8 @@ class SaliencyMonitorLogic:
         """A standalone ``trainer.validate()`` evaluates the val probes once."""
         if trainer.sanity_checking or trainer.state.fn != "validate":
             return
-        self._prepare(trainer, pl_module, splits=("val",))
+        with _eager():
+            self._prepare(trainer, pl_module, splits=("val",))
         if "val" in self._probes:
             self._run(trainer, pl_module, splits=("val",))
 
@@ -332,7 +352,11 @@ class SaliencyMonitorLogic:
 
     def _resolve_settings(self, trainer: Any, pl_module: nn.Module, restored: dict[str, Any]) -> EvaluationSettings:
         first = next(iter(self._probes.values()))
-        sample = first.images[:1].to(_device(pl_module))
+        parameter = next(pl_module.parameters(), None)
+        sample = first.images[:1]
+        if parameter is not None:
+            sample = sample.to(device=parameter.device, dtype=parameter.dtype)
+        _logits(pl_module, sample, self.output_to_logits)  # a clear error now, not a warning per evaluation
         layers = self.layers or restored.get("layers") or default_layers(pl_module, sample)
         layers = validate_layer_names(pl_module, layers)
         task = self.task or restored.get("task") or first.task
@@ -340,16 +364,32 @@ class SaliencyMonitorLogic:
             layers=tuple(layers), methods=self.methods, task=task, meta_lr=None, meta_params=self.meta_params,
             combine_weights=self.combine_weights, combine_mode=self.combine_mode,
             pointing_tolerance=self.pointing_tolerance, batch_size=self.probe_batch_size,
+            output_to_logits=self.output_to_logits,
         )
         if "meta_lr" in restored:
             meta_lr = restored["meta_lr"]
         elif self.meta_lr == "optimizer":
             meta_lr = _optimizer_lr(trainer)
         elif self.meta_lr == "calibrate":
-            meta_lr = calibrate_meta_lr(pl_module, first, settings)
+            meta_lr = self._calibrate(trainer, pl_module, first, settings)
         else:
             meta_lr = self.meta_lr
-        return EvaluationSettings(**{**settings.__dict__, "meta_lr": None if meta_lr is None else float(meta_lr)})
+        return replace(settings, meta_lr=None if meta_lr is None else float(meta_lr))
+
+    def _calibrate(self, trainer: Any, pl_module: nn.Module, probes: ProbeBatch, settings: EvaluationSettings) -> float:
+        """The calibrated step; under data parallelism every rank computes it, the ranks agree
+        that none failed, and rank 0's value is used everywhere."""
+        error, value = None, 0.0
+        try:
+            value = calibrate_meta_lr(pl_module, probes, settings)
+        except Exception as caught:  # noqa: BLE001 - re-raised after the ranks agree
+            error = caught
+        if trainer.world_size > 1:
+            agree(trainer.strategy, error)
+            return float(trainer.strategy.broadcast(value, src=0))
+        if error is not None:
+            raise error
+        return value
 
     # ------------------------------------------------------------------ evaluation
 
@@ -358,7 +398,8 @@ class SaliencyMonitorLogic:
         if not splits or self._settings is None:
             return
         try:
-            self._evaluate(trainer, pl_module, splits)
+            with _eager():
+                self._evaluate(trainer, pl_module, splits)
         except Exception as error:  # noqa: BLE001 - the monitor must not kill training unless asked
             if self.on_error == "raise":
                 raise
@@ -378,15 +419,39 @@ class SaliencyMonitorLogic:
         start = time.perf_counter()
         settings = self._settings
         assert settings is not None
+        world, rank = trainer.world_size, trainer.global_rank
         results: dict[str, SplitEvaluation] = {}
-        progress = _Progress(trainer, sum(len(self._probes[s]) for s in splits), trainer.global_step)
+        shards = {split: shard(len(self._probes[split]), world, rank) for split in splits}
+        progress = _Progress(trainer, sum(len(shards[s][0]) for s in splits), trainer.global_step)
+        error: BaseException | None = None
         try:
             for split in splits:
+                indices, _ = shards[split]
+                probes = self._probes[split] if world == 1 else self._probes[split].select(indices)
+                previous = self._previous.get(split)
                 results[split] = evaluate_probes(
-                    pl_module, self._probes[split], settings, self._previous.get(split), progress=progress.update,
+                    pl_module, probes, settings, previous if world == 1 else select_reference(previous, indices),
+                    progress=progress.update,
                 )
+        except Exception as caught:  # noqa: BLE001 - re-raised below, after the ranks agree
+            error = caught
         finally:
             progress.close()
+        if world > 1:  # every rank reaches these collectives, failed or not
+            agree(trainer.strategy, error)
+            results = {
+                split: gather_evaluation(trainer.strategy, result, shard_sizes(len(self._probes[split]), world))
+                for split, result in results.items()
+            }
+        elif error is not None:
+            raise error
+        for split, result in results.items():
+            if result.nonfinite:
+                self._warn_once(trainer, "nonfinite", (
+                    f"SaliencyMonitor: at step {trainer.global_step} some {split} maps overflowed to inf/NaN "
+                    f"(probes per map: {result.nonfinite}); their metrics are NaN. With meta maps this means the meta "
+                    f"step ({settings.meta_lr}) is too large for the model now: pass a smaller `meta_lr`."
+                ))
         scalars = self._scalars(results)
         pictures = self._pictures(results) if trainer.is_global_zero else {}
         scalars["saliency/time_s"] = time.perf_counter() - start
@@ -537,6 +602,13 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _eager() -> AbstractContextManager[None]:
+    """Compiled (``torch.compile``) modules run their original eager code here, so the
+    forward hooks the saliency pass puts on submodules fire as usual."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else nullcontext()
 
 
 def _first_dataloader(loaders: Any) -> torch.utils.data.DataLoader | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ def compute_saliency(
     task: str = "multiclass",
     meta_params: str = "all",
     output_size: int | tuple[int, int] | None = None,
+    output_to_logits: Callable[[object], Tensor] | None = None,
 ) -> SaliencyMaps:
     """Backpropagation saliency maps of ``targets`` at ``layers`` for every method.
 
@@ -57,6 +58,8 @@ def compute_saliency(
             ones (``requires_grad=True``).
         output_size: if given, maps are upsampled bilinearly to it (int or (h, w));
             otherwise they keep the layer's resolution.
+        output_to_logits: for models whose output is not the logits tensor (a dict, a
+            tuple, ...): maps the output to (B, C) logits, e.g. ``lambda out: out["logits"]``.
 
     Returns:
         ``maps[method][layer]``: float32 (B, T, h, w), detached, on the images' device.
@@ -66,6 +69,8 @@ def compute_saliency(
     layers = default_layers(model, images) if layers is None else validate_layer_names(model, layers)
     parsed = _parse_methods(methods)
     size = _normalize_size(output_size, "output_size")
+    if output_to_logits is not None and not callable(output_to_logits):
+        raise TypeError(f"Expected `output_to_logits` to be callable, but got {type(output_to_logits).__name__}.")
     modules = dict(model.named_modules())
     keep_inputs = {name for name in layers if any(m.needs_layer_input for m in parsed)}
     for name in keep_inputs:
@@ -77,13 +82,14 @@ def compute_saliency(
             )
 
     if meta_lr is None:
-        extraction = extract(model, images, targets, layers, keep_inputs=keep_inputs)
+        extraction = extract(model, images, targets, layers, keep_inputs=keep_inputs,
+                             output_to_logits=output_to_logits)
         return _aggregate(extraction, parsed, layers, size, images.device.type)
     names = validate_meta(model, meta_lr, task, meta_params)
     rows: list[list[SaliencyMaps]] = [[] for _ in range(images.shape[0])]
     for b, extraction in meta_extract(
         model, images, targets, layers, lr=float(meta_lr), task=task, names=names,
-        keep_inputs=keep_inputs,
+        keep_inputs=keep_inputs, output_to_logits=output_to_logits,
     ):
         rows[b].append(_aggregate(extraction, parsed, layers, size, images.device.type))
     return {

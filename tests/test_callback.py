@@ -13,7 +13,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from saliency_monitor import SaliencyMonitor
 from saliency_monitor.monitor import SaliencyMonitorWarning
@@ -110,7 +110,10 @@ def test_step_schedule_and_no_evaluation_in_the_sanity_check(tmp_path) -> None:
 def test_without_a_logger_metrics_land_in_callback_metrics_and_it_warns_once(tmp_path) -> None:
     monitor = SaliencyMonitor(num_train_probes=3, num_val_probes=3, meta_lr=0.05)
     train, val = multiclass_loaders()
-    fit = trainer(tmp_path, [monitor], logger=False)
+    # callback_metrics feed other callbacks: EarlyStopping (strict) finds the gap from the first epoch on
+    stopping = EarlyStopping(monitor="saliency/meta_correlation_gap/norm_grad_selective/combined", mode="max",
+                             patience=5, strict=True)
+    fit = trainer(tmp_path, [monitor, stopping], logger=False)
     with pytest.warns(SaliencyMonitorWarning, match="no logger") as caught:
         fit.fit(Classifier(), train, val)
     assert sum("no logger" in str(w.message) for w in caught) == 1

@@ -512,7 +512,24 @@ def test_output_that_is_not_logits_raises(
     model = Wrapped(make_model(), output)
     message = (
         "Expected the model to map (B, C_in, H, W) images to (B, C) class logits with C >= 2, but got "
-        f"{got} for B=5."
+        f"{got} for B=5 (pass `output_to_logits=` to pick the logits from the output)."
     )
     with pytest.raises(ValueError, match=re.escape(message)):
         evaluate_probes(model, multiclass_probes, settings_for("multiclass"))
+
+
+def test_overflowing_meta_maps_become_nan_and_are_counted(multiclass_probes: ProbeBatch) -> None:
+    model = make_model().float()
+    probes = ProbeBatch(images=multiclass_probes.images.float(), classes=multiclass_probes.classes, task="multiclass")
+    result = evaluate_probes(model, probes, settings_for("multiclass", meta_lr=1e30))  # θ' overflows float32
+    n = len(probes)
+    assert result.nonfinite == {f"meta/{m}/{l}": n for m in METHODS for l in LAYERS}
+    for key, value in result.values.items():
+        if key.startswith("meta_"):
+            assert value.isnan().all(), key
+        else:
+            assert value.isfinite().all(), key
+    for m in METHODS:
+        for layer, maps in result.meta_maps[m].items():
+            assert maps.isnan().all(), (m, layer)
+        assert all(maps.isfinite().all() for maps in result.maps[m].values())
