@@ -11,7 +11,7 @@ start, on the training probes, and holds it fixed so later evaluations stay comp
     label-class map over the training probes equals ``CALIBRATION_TARGET`` (0.95),
 
 found by a geometric search (decades 1e-4 … 1e-1, then bisection in log space), clamped to
-[1e-4, 0.1]. Why 0.95 (study: 3 overfitting runs, 16 + 16 probes, 8 steps 5e-4 … 0.1):
+[1e-4, 0.1]; a step at which any method's map overflows float32 counts as too large. Why 0.95 (study: 3 overfitting runs, 16 + 16 probes, 8 steps 5e-4 … 0.1):
 every step gave |gap| below 1.5 standard errors before training; once the model memorised
 its training set the gap stood at 2.4–4.3 standard errors for every step ≥ 0.002, levelling
 off above ~0.005; target 0.95 picked 0.005–0.01, inside that plateau, while 0.9 and 0.8 ran
@@ -61,21 +61,22 @@ def calibrate_meta_lr(
     chosen = probes.select(range(min(num_probes, len(probes))))
     images = chosen.images.to(device=parameter.device, dtype=parameter.dtype)
     labels = _targets(_logits(model, images, settings.output_to_logits), chosen, settings.task)[0][:, :1]
-    common = dict(layers=list(settings.layers), methods=[settings.methods[0]], output_to_logits=settings.output_to_logits)
+    common = dict(layers=list(settings.layers), methods=list(settings.methods), output_to_logits=settings.output_to_logits)
     weights = layer_weights(settings.combine_weights, num_layers=len(settings.layers)).tolist()
     size = tuple(images.shape[-2:])
 
     def combined(maps: dict) -> torch.Tensor:
         return combine_maps(maps[settings.methods[0]], weights, size=size, mode=settings.combine_mode)[:, 0]
 
-    plain = combined(compute_saliency(model, images, labels, **common))
+    plain = combined(compute_saliency(model, images, labels, **{**common, "methods": [settings.methods[0]]}))
 
     def correlation(lr: float) -> float:
-        """Mean ρ over the probes; −inf when a map overflows (the step is far too large)."""
-        meta = combined(compute_saliency(model, images, labels, **common, meta_lr=lr, task=settings.task,
-                                         meta_params=settings.meta_params))
-        if not meta.isfinite().all():
+        """Mean ρ over the probes; −inf when any method's map overflows (the step is too large)."""
+        maps = compute_saliency(model, images, labels, **common, meta_lr=lr, task=settings.task,
+                                meta_params=settings.meta_params)
+        if not all(t.isfinite().all() for per_layer in maps.values() for t in per_layer.values()):
             return -math.inf
+        meta = combined(maps)
         values = map_correlation(plain, meta, None)
         finite = values[~values.isnan()]  # NaN: a constant map
         return float(finite.mean()) if len(finite) else -math.inf

@@ -245,13 +245,7 @@ class SaliencyMonitorLogic:
     # ------------------------------------------------------------------ Lightning hooks
 
     def setup(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
-        strategy = type(trainer.strategy).__name__
-        if strategy in _SHARDED_STRATEGIES:
-            raise ValueError(
-                f"Expected a single-device or data-parallel strategy (e.g. 'ddp'), but got {strategy}: it shards the "
-                "parameters across ranks, and the saliency maps need the whole model on each rank. Run the monitor "
-                "in a separate evaluation job on a consolidated checkpoint instead."
-            )
+        refuse_sharded_strategy(trainer.strategy)
         if self.layers is not None:
             validate_layer_names(pl_module, self.layers)
 
@@ -602,6 +596,18 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def refuse_sharded_strategy(strategy: object) -> None:
+    """FSDP / DeepSpeed / model-parallel strategies shard the parameters: refuse them clearly."""
+    name = type(strategy).__name__
+    sharded = [cls.__name__ for cls in type(strategy).__mro__ if cls.__name__ in _SHARDED_STRATEGIES]
+    if sharded:
+        raise ValueError(
+            f"Expected a single-device or data-parallel strategy (e.g. 'ddp'), but got {name}: it shards the "
+            "parameters across ranks, and the saliency maps need the whole model on each rank. Run the monitor "
+            "in a separate evaluation job on a consolidated checkpoint instead."
+        )
 
 
 def _eager() -> AbstractContextManager[None]:

@@ -159,3 +159,17 @@ def trainer(tmp_path: Any, callbacks: list, logger: Any = None, **kwargs: Any) -
     )
     options.update(kwargs)
     return pl.Trainer(callbacks=callbacks, logger=logger if logger is not None else False, **options)
+
+
+class DataModule(pl.LightningDataModule):
+    """The multiclass loaders as a datamodule (for LightningCLI)."""
+
+    def __init__(self, num_train: int = 24, num_val: int = 12) -> None:
+        super().__init__()
+        self.num_train, self.num_val = num_train, num_val
+
+    def train_dataloader(self) -> DataLoader:
+        return multiclass_loaders(self.num_train, self.num_val)[0]
+
+    def val_dataloader(self) -> DataLoader:
+        return multiclass_loaders(self.num_train, self.num_val)[1]
