@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from examples.voc_data import VOC_CLASSES, VOCDataModule, generate_synthetic_voc, multi_hot  # noqa: E402
 from saliency_monitor import SaliencyMonitor  # noqa: E402
+from saliency_monitor.render import save_png  # noqa: E402
 
 NUM_CLASSES = len(VOC_CLASSES)
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "saliency-monitor"
@@ -194,6 +195,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     logging = parser.add_argument_group("logging")
     logging.add_argument("--wandb-project", default="saliency-monitor-voc")
     logging.add_argument("--wandb-dir", type=Path, default=Path("wandb-runs"))
+    logging.add_argument("--picture", type=Path, default=Path("voc_saliency.png"),
+                         help="where to save the last evaluation's val picture (first method)")
     args = parser.parse_args(argv)
     real = args.voc_root is not None
     args.arch = args.arch or ("resnet50" if real else "resnet18")
@@ -253,6 +256,10 @@ def main(argv: list[str] | None = None) -> Summary:
     wandb.finish()
     print("\nPer evaluation (saliency: " + SUMMARY_METHOD + ", combined map):")
     print(summary.table())
+    pictures = monitor.last_pictures.get("val") or monitor.last_pictures.get("train")
+    if pictures:
+        save_png(pictures[0][0], args.picture)
+        print(f"\nLast saliency picture ({pictures[0][1]}): {args.picture}")
     print(f"\nW&B run ({mode}): {run_dir}")
     print(f"  view offline:  wandb leet {run_dir}")
     if mode == "offline":

@@ -241,6 +241,13 @@ class SaliencyMonitorLogic:
         self._errors = 0
         self._warned: set[str] = set()
         self._restored: dict[str, Any] | None = None
+        self._pictures_last: dict[str, list[tuple[Any, str]]] = {}
+
+    @property
+    def last_pictures(self) -> dict[str, list[tuple[Any, str]]]:
+        """The latest evaluation's pictures on rank 0: ``{split: [(uint8 (H, W, 3) array, caption)]}``,
+        one per method (empty before the first evaluation or with ``num_logged_images=0``)."""
+        return dict(self._pictures_last)
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -448,6 +455,7 @@ class SaliencyMonitorLogic:
                 ))
         scalars = self._scalars(results)
         pictures = self._pictures(results) if trainer.is_global_zero else {}
+        self._pictures_last = pictures
         scalars["saliency/time_s"] = time.perf_counter() - start
         if settings.meta_lr is not None:
             scalars["saliency/meta_lr"] = settings.meta_lr
