@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +158,9 @@ def generate_synthetic_voc(
     return root
 
 
-def _check_generate_args(num_train: object, num_val: object, num_test: object, image_size: object, seed: object) -> dict:
+def _check_generate_args(
+    num_train: object, num_val: object, num_test: object, image_size: object, seed: object
+) -> dict[str, int]:
     for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
         if not _is_int(value) or value < 1:
             raise ValueError(f"Expected `{name}` to be a positive int, but got {value!r}.")
@@ -173,7 +175,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _read_marker(voc: Path) -> dict | None:
+def _read_marker(voc: Path) -> dict[str, object] | None:
     """The marker's content, ``{}`` when unreadable (ours, but broken), None when absent."""
     path = voc / MARKER
     if not path.is_file():
@@ -185,7 +187,7 @@ def _read_marker(voc: Path) -> dict | None:
     return content if isinstance(content, dict) else {}
 
 
-def _write_set(voc: Path, params: dict) -> None:
+def _write_set(voc: Path, params: dict[str, int]) -> None:
     if voc.exists():
         shutil.rmtree(voc)
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
@@ -261,10 +263,11 @@ def _place_object(rng: np.random.Generator, canvas: np.ndarray, occupied: np.nda
     height = max(3, round(width * 0.5)) if shape == "ellipse" else width
     mask = _shape_mask(shape, width, height)
     pattern = _texture(texture, width, height, COLOURS[colour])
+    ys, xs = np.nonzero(mask)
     for _ in range(30):
         x0, y0 = int(rng.integers(0, image_size - width + 1)), int(rng.integers(0, image_size - height + 1))
-        ys, xs = np.nonzero(mask)
-        top, bottom, left, right = y0 + ys.min(), y0 + ys.max(), x0 + xs.min(), x0 + xs.max()
+        top, bottom = y0 + int(ys.min()), y0 + int(ys.max())
+        left, right = x0 + int(xs.min()), x0 + int(xs.max())
         if occupied[max(top - 2, 0) : bottom + 3, max(left - 2, 0) : right + 3].any():
             continue
         occupied[top : bottom + 1, left : right + 1] = True
@@ -386,7 +389,9 @@ class VOCClassification(Dataset):
     ``x1' = S - x2``, ``x2' = S - x1``.
     """
 
-    def __init__(self, root: str | Path, image_set: str, image_size: int, train: bool, download: bool = False) -> None:
+    def __init__(
+        self, root: str | Path, image_set: str, image_size: int, train: bool, download: bool = False
+    ) -> None:
         if image_set not in IMAGE_SETS:
             raise ValueError(f"Expected `image_set` to be one of {list(IMAGE_SETS)}, but got {image_set!r}.")
         if not _is_int(image_size) or image_size < 1:
@@ -412,18 +417,18 @@ class VOCClassification(Dataset):
         size = self.image_size
         target = _voc_target(annotation["annotation"], self.voc.annotations[index])
         boxes = target["boxes"]
-        boxes[:, 0::2] = (boxes[:, 0::2] - torch.tensor([1.0, 0.0])) * (size / width)
-        boxes[:, 1::2] = (boxes[:, 1::2] - torch.tensor([1.0, 0.0])) * (size / height)
-        resized = image.resize((size, size), Image.BILINEAR)
+        boxes[:, 0::2] = (boxes[:, 0::2] - torch.tensor([1.0, 0.0])) * size / width
+        boxes[:, 1::2] = (boxes[:, 1::2] - torch.tensor([1.0, 0.0])) * size / height
+        resized = image.resize((size, size), Image.Resampling.BILINEAR)
         pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
         if self.train and bool(torch.rand(()) < 0.5):
             pixels = pixels.flip(-1)
             boxes = torch.stack([size - boxes[:, 2], boxes[:, 1], size - boxes[:, 0], boxes[:, 3]], dim=1)
-        target["boxes"] = boxes.clamp_(0.0, float(size))
+        target["boxes"] = boxes.clamp_(0.0, float(size))  # float rounding only: VOC boxes lie inside
         return (pixels - self._mean) / self._std, target
 
 
-def _voc_target(annotation: dict, path: str) -> dict[str, Tensor]:
+def _voc_target(annotation: dict[str, object], path: str) -> dict[str, Tensor]:
     """VOCDetection's parsed XML -> labels, 1-based inclusive boxes (float32), difficult."""
     objects = annotation.get("object", [])
     objects = [objects] if isinstance(objects, dict) else objects
@@ -454,8 +459,13 @@ def multi_hot(targets: Sequence[dict[str, Tensor]], num_classes: int = 20) -> Te
     """
     if not _is_int(num_classes) or num_classes < 1:
         raise ValueError(f"Expected `num_classes` to be a positive int, but got {num_classes!r}.")
-    if not isinstance(targets, Sequence) or not all(isinstance(t, dict) and "labels" in t for t in targets):
-        raise TypeError(f"Expected `targets` to be a sequence of dicts with 'labels', but got {targets!r}.")
+    if not isinstance(targets, Sequence) or isinstance(targets, (str, bytes)):
+        kind = type(targets).__name__
+        raise TypeError(f"Expected `targets` to be a sequence of dicts with 'labels', but got {kind}.")
+    for row, target in enumerate(targets):
+        if not isinstance(target, Mapping) or "labels" not in target:
+            shown = f"keys {list(target)!r}" if isinstance(target, Mapping) else type(target).__name__
+            raise TypeError(f"Expected `targets` to be dicts with 'labels', but got {shown} in target {row}.")
     out = torch.zeros(len(targets), num_classes, dtype=torch.float32)
     for row, target in enumerate(targets):
         labels = torch.as_tensor(target["labels"], dtype=torch.int64).reshape(-1)
@@ -497,7 +507,8 @@ class VOCDataModule(pl.LightningDataModule):
         val_split: str = "test",
     ) -> None:
         super().__init__()
-        for name, value, low in (("image_size", image_size, 1), ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+        positive = (("image_size", image_size, 1), ("batch_size", batch_size, 1), ("num_workers", num_workers, 0))
+        for name, value, low in positive:
             if not _is_int(value) or value < low:
                 raise ValueError(f"Expected `{name}` to be an int >= {low}, but got {value!r}.")
         for name, value in (("train_split", train_split), ("val_split", val_split)):
