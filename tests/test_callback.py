@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import random
 from pathlib import Path
 
 import numpy as np
@@ -142,13 +143,14 @@ def test_resume_continues_the_same_probes_and_history(tmp_path) -> None:
 
 
 def test_probe_draw_and_evaluation_leave_training_bitwise_unchanged(tmp_path) -> None:
-    def run(callbacks: list) -> tuple[dict, dict, torch.Tensor]:
+    def run(callbacks: list) -> tuple[dict, dict, torch.Tensor, object, object, torch.Tensor]:
         pl.seed_everything(7, verbose=False)
         model = Classifier()
         train, val = multiclass_loaders()
         fit = trainer(tmp_path, callbacks, max_epochs=2)
         fit.fit(model, train, val)
-        return model.state_dict(), fit.optimizers[0].state_dict(), torch.get_rng_state()
+        return (model.state_dict(), fit.optimizers[0].state_dict(), torch.get_rng_state(), random.getstate(),
+                np.random.get_state(), train.generator.get_state())
 
     monitor = SaliencyMonitor(num_train_probes=4, num_val_probes=4, meta_lr=0.05, every_n_train_steps=2)
     with pytest.warns(SaliencyMonitorWarning, match="no logger"):
@@ -160,7 +162,11 @@ def test_probe_draw_and_evaluation_leave_training_bitwise_unchanged(tmp_path) ->
     for index, state in without[1]["state"].items():
         for key, value in state.items():
             assert torch.equal(value, with_monitor[1]["state"][index][key]), (index, key)
-    assert torch.equal(without[2], with_monitor[2])
+    assert torch.equal(without[2], with_monitor[2])  # torch's global RNG
+    assert without[3] == with_monitor[3]  # python's random
+    assert all(np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+               for a, b in zip(without[4], with_monitor[4]))  # numpy's global RNG
+    assert torch.equal(without[5], with_monitor[5])  # the shuffling sampler's own generator
 
 
 def test_fast_dev_run_and_validate(tmp_path) -> None:
