@@ -146,3 +146,13 @@ def resnet18() -> nn.Module:
 @pytest.fixture(scope="session")
 def vgg11() -> nn.Module:
     return make_vgg11()
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """Offline W&B whose every file (artifact staging, cache, config) lands in tmp_path."""
+    for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return tmp_path

@@ -195,14 +195,6 @@ def test_unknown_layer_is_refused_at_setup(tmp_path) -> None:
 # --------------------------------------------------------------------------- real loggers end to end
 
 
-@pytest.fixture
-def wandb_env(tmp_path, monkeypatch):
-    for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / name.lower()))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    return tmp_path
-
 
 def picture_is_not_blank(picture: np.ndarray) -> bool:
     return picture.ndim == 3 and picture.shape[2] == 3 and picture.std() > 20 and len(np.unique(picture)) > 50

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,14 +10,6 @@ from PIL import Image
 
 from saliency_monitor.loggers import offline_history, read_offline_run
 
-
-@pytest.fixture
-def wandb_env(tmp_path, monkeypatch):
-    for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / name.lower()))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    return tmp_path
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

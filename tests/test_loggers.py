@@ -165,15 +165,6 @@ def test_generic_adapter_logs_scalars_and_stores_no_pictures() -> None:
 # --------------------------------------------------------------------------- W&B
 
 
-@pytest.fixture
-def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Offline W&B whose every file (artifact staging, cache, config) lands in tmp_path."""
-    for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / name.lower()))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    return tmp_path
-
 
 def test_wandb_adapter_offline_run_reads_back(wandb_env: Path) -> None:
     import wandb
