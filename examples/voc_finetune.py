@@ -20,7 +20,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -224,7 +224,14 @@ def _meta_lr(text: str) -> float | str | None:
         return text
 
 
-def main(argv: list[str] | None = None) -> Summary:
+class Result(NamedTuple):
+    summary: Summary
+    module: VOCClassifier
+    monitor: SaliencyMonitor
+    data: VOCDataModule
+
+
+def main(argv: list[str] | None = None) -> Result:
     args = parse_args(argv)
     pl.seed_everything(args.seed, verbose=False)
     if args.voc_root is None:
@@ -275,7 +282,7 @@ def main(argv: list[str] | None = None) -> Summary:
     print(f"  view offline:  wandb leet {run_dir}")
     if mode == "offline":
         print(f"  upload:        wandb sync {run_dir}")
-    return summary
+    return Result(summary, module, monitor, data)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ def gather_evaluation(strategy: Any, local: SplitEvaluation, sizes: list[int]) -
         maps=maps,
         meta_maps=meta_maps,
         targets=gather(local.targets),
+        prediction_difference=None if local.prediction_difference is None else gather(local.prediction_difference),
         probabilities=gather(local.probabilities),
     )
 

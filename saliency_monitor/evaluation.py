@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from .combine import COMBINATIONS, combine_maps, layer_weights
 from .layers import eval_mode
+from .smooth import smoothing
 from .meta import TASKS
 from .metrics import class_sensitivity, drift, map_correlation, pointing_hits, total_variation
 from .probes import ProbeBatch
@@ -73,6 +74,8 @@ class EvaluationSettings:
     """Probes per ``compute_saliency`` call (memory bound)."""
     output_to_logits: Callable[[object], Tensor] | None = None
     """Maps the model's output to (B, C) logits when it is not that tensor itself."""
+    smooth: str | None = None
+    """Checkerboard smoothing during the saliency passes (:mod:`saliency_monitor.smooth`)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class SplitEvaluation:
     nonfinite: dict[str, int] = field(default_factory=dict)
     """``f"{plain|meta}/{method}/{layer}"`` -> probes whose maps held inf/NaN (a meta step too
     large for the model overflows float32): their maps are NaN and their metrics NaN."""
+    prediction_difference: Tensor | None = None
+    """(N,) with ``smooth="forward"``: mean over classes of |p_smoothed − p| per probe."""
 
     @property
     def reference(self) -> DriftReference:
@@ -127,13 +132,18 @@ def evaluate_probes(
     meta_parts: list[SaliencyMaps] = []
     target_parts: list[Tensor] = []
     probability_parts: list[Tensor] = []
+    difference_parts: list[Tensor] = []
     for start in range(0, len(probes), settings.batch_size):
         chunk = probes.select(range(start, min(start + settings.batch_size, len(probes))))
         images = chunk.images.to(device=device, dtype=dtype)
         logits = _logits(model, images, settings.output_to_logits)
         targets, probabilities = _targets(logits, chunk, settings.task)
         common = dict(layers=list(settings.layers), methods=list(settings.methods),
-                      output_to_logits=settings.output_to_logits)
+                      output_to_logits=settings.output_to_logits, smooth=settings.smooth)
+        if settings.smooth == "forward":  # it changes the model's predictions: measure by how much
+            with smoothing(model, "forward"):
+                smoothed = _logits(model, images, settings.output_to_logits)
+            difference_parts.append((_probabilities(smoothed, settings.task) - probabilities).abs().mean(1).cpu())
         plain_parts.append(_to_cpu(compute_saliency(model, images, targets, **common)))
         if settings.meta_lr is not None:
             meta_parts.append(_to_cpu(compute_saliency(
@@ -184,6 +194,7 @@ def evaluate_probes(
         targets=targets,
         probabilities=torch.cat(probability_parts),
         nonfinite=nonfinite,
+        prediction_difference=torch.cat(difference_parts).double() if difference_parts else None,
     )
 
 
@@ -224,9 +235,13 @@ def _targets(logits: Tensor, probes: ProbeBatch, task: str) -> tuple[Tensor, Ten
     """(B, 3) [label, max, min] targets and the class probabilities."""
     num_classes = logits.shape[1]
     labels = probes.label_matrix(num_classes).to(logits.device).bool()
-    probabilities = logits.softmax(dim=1) if task == "multiclass" else logits.sigmoid()
+    probabilities = _probabilities(logits, task)
     label = torch.where(labels, logits, -math.inf).argmax(dim=1)
     return torch.stack([label, logits.argmax(dim=1), logits.argmin(dim=1)], dim=1), probabilities
+
+
+def _probabilities(logits: Tensor, task: str) -> Tensor:
+    return logits.softmax(dim=1) if task == "multiclass" else logits.sigmoid()
 
 
 def _to_cpu(maps: SaliencyMaps) -> SaliencyMaps:

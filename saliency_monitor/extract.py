@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import INPUT, eval_mode
+from .smooth import smoothing
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ def extract(
     keep_inputs: Collection[str] = (),
     forward: Callable[[Tensor], object] | None = None,
     output_to_logits: Callable[[object], Tensor] | None = None,
+    smooth: str | None = None,
 ) -> Extraction:
     """Forward ``images`` once and backpropagate each target's logit to every layer.
 
@@ -114,35 +116,39 @@ def extract(
         forward: calls the model (default ``model``); e.g. a ``functional_call`` with other
             parameters. Hooks are on ``model``'s modules, so it must run them.
         output_to_logits: maps the model's output (e.g. a dict or tuple) to (B, C) logits.
+        smooth: checkerboard smoothing at stride-2 convolutions during this forward and
+            backward only (:mod:`saliency_monitor.smooth`): ``"backward"``, ``"forward"`` or None.
     """
-    recorder = _Recorder(model, layers, keep_inputs)
-    try:
-        with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
-            # Clones are normal tensors even if the inputs were made under inference_mode.
-            x = images.detach().clone().requires_grad_(True)
-            targets = targets.clone()
-            logits = (forward or model)(x)
-            if output_to_logits is not None:
-                logits = output_to_logits(logits)
+    # smoothing hooks first: a recorded stride-2 convolution is captured after its own smoothing
+    with smoothing(model, smooth):
+        recorder = _Recorder(model, layers, keep_inputs)
+        try:
+            with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+                # Clones are normal tensors even if the inputs were made under inference_mode.
+                x = images.detach().clone().requires_grad_(True)
+                targets = targets.clone()
+                logits = (forward or model)(x)
+                if output_to_logits is not None:
+                    logits = output_to_logits(logits)
+                recorder.remove()
+                _check_logits(logits, images.shape[0])
+                _check_targets_range(targets, logits.shape[1])
+                missing = [n for n in layers if n != INPUT and n not in recorder.outputs]
+                if missing:
+                    raise ValueError(
+                        f"Expected the forward pass to reach every requested layer, but it never ran {missing}."
+                    )
+                modified = [n for n, v in recorder.versions.items() if recorder.outputs[n]._version != v]
+                if modified:
+                    raise RuntimeError(
+                        f"The outputs of layers {modified} were modified in place after they ran "
+                        "(the module returns a tensor that something else writes to later), so "
+                        "their captured values are wrong. Choose a neighbouring layer."
+                    )
+                activations = [x if n == INPUT else recorder.outputs[n] for n in layers]
+                gradients = _backward_per_target(logits.gather(1, targets), activations, layers)
+        finally:
             recorder.remove()
-            _check_logits(logits, images.shape[0])
-            _check_targets_range(targets, logits.shape[1])
-            missing = [n for n in layers if n != INPUT and n not in recorder.outputs]
-            if missing:
-                raise ValueError(
-                    f"Expected the forward pass to reach every requested layer, but it never ran {missing}."
-                )
-            modified = [n for n, v in recorder.versions.items() if recorder.outputs[n]._version != v]
-            if modified:
-                raise RuntimeError(
-                    f"The outputs of layers {modified} were modified in place after they ran "
-                    "(the module returns a tensor that something else writes to later), so "
-                    "their captured values are wrong. Choose a neighbouring layer."
-                )
-            activations = [x if n == INPUT else recorder.outputs[n] for n in layers]
-            gradients = _backward_per_target(logits.gather(1, targets), activations, layers)
-    finally:
-        recorder.remove()
     captures = {
         name: Capture(
             activation=act.detach(),

@@ -104,6 +104,7 @@ def meta_extract(
     names: Sequence[str],
     keep_inputs: set[str],
     output_to_logits: Callable[[object], Tensor] | None = None,
+    smooth: str | None = None,
 ) -> Iterator[tuple[int, Extraction]]:
     """For every image b and target index t, the extraction of ``targets[b, t]`` at θ'_{b,t}.
 
@@ -123,7 +124,7 @@ def meta_extract(
                 c: extract(
                     model, image, unique[i].view(1, 1), layers,
                     keep_inputs=keep_inputs, forward=partial(functional_call, model, theta),
-                    output_to_logits=output_to_logits,
+                    output_to_logits=output_to_logits, smooth=smooth,
                 )
                 for i, (c, theta) in enumerate(zip(classes, steps))
             }

@@ -61,7 +61,8 @@ def calibrate_meta_lr(
     chosen = probes.select(range(min(num_probes, len(probes))))
     images = chosen.images.to(device=parameter.device, dtype=parameter.dtype)
     labels = _targets(_logits(model, images, settings.output_to_logits), chosen, settings.task)[0][:, :1]
-    common = dict(layers=list(settings.layers), methods=list(settings.methods), output_to_logits=settings.output_to_logits)
+    common = dict(layers=list(settings.layers), methods=list(settings.methods), output_to_logits=settings.output_to_logits,
+                  smooth=settings.smooth)
     weights = layer_weights(settings.combine_weights, num_layers=len(settings.layers)).tolist()
     size = tuple(images.shape[-2:])
 

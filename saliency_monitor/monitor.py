@@ -41,6 +41,7 @@ from .evaluation import _logits
 from .layers import default_layers, validate_layer_names
 from .loggers import SaliencyLogger, adapt_loggers
 from .meta import META_PARAMS, TASKS
+from .smooth import SMOOTHING
 from .meta_lr import META_LR_RULES, calibrate_meta_lr
 from .probes import ProbeBatch, draw_probes, load_probes
 from .render import COLORMAPS, GridRow, saliency_grid
@@ -88,6 +89,8 @@ class SaliencyMonitorLogic:
       peaks within ``pointing_tolerance`` px of the class's boxes/masks (only when the
       probes carry them).
     - ``saliency/{split}/{metric}_stderr/{method}/{layer}``: the standard error of each mean.
+    - ``saliency/{split}/prediction_difference`` (``smooth="forward"`` only): mean over probes
+      and classes of |p_smoothed − p|, how far the forward smoothing moves the predictions.
     - ``saliency/time_s`` (seconds the evaluation took), ``saliency/meta_lr`` (the meta step
       used), ``saliency/errors`` (faults caught with ``on_error="warn"``).
     - Pictures ``saliency_maps/{split}`` (one grid per method: for ``num_logged_images``
@@ -118,6 +121,9 @@ class SaliencyMonitorLogic:
             :func:`saliency_monitor.probes.parse_batch`).
         output_to_logits: for modules whose forward does not return the (B, C) logits tensor
             (a dict, a tuple, ...): maps the output to it, e.g. ``lambda out: out["logits"]``.
+        smooth: checkerboard-noise removal at stride-2 convolutions during the saliency passes
+            (:mod:`saliency_monitor.smooth`): ``"backward"``, ``"forward"`` (changes the
+            predictions; their change is logged) or None.
         num_logged_images: probes shown in the pictures (0 = no pictures).
         combine_weights, combine_mode: the layer combination (``uniform``/``linear``,
             ``sum``/``product``).
@@ -144,6 +150,7 @@ class SaliencyMonitorLogic:
         class_names: Sequence[str] | None = None,
         batch_to_probe: Callable[[Any], Any] | None = None,
         output_to_logits: Callable[[Any], Tensor] | None = None,
+        smooth: str | None = None,
         num_logged_images: int = 4,
         combine_weights: str = "uniform",
         combine_mode: str = "sum",
@@ -194,6 +201,8 @@ class SaliencyMonitorLogic:
             raise TypeError(f"Expected `batch_to_probe` to be callable, but got {type(batch_to_probe).__name__}.")
         if output_to_logits is not None and not callable(output_to_logits):
             raise TypeError(f"Expected `output_to_logits` to be callable, but got {type(output_to_logits).__name__}.")
+        if smooth is not None and smooth not in SMOOTHING:
+            raise ValueError(f"Expected `smooth` to be one of {list(SMOOTHING)} or None, but got {smooth!r}.")
         _check_int(num_logged_images, "num_logged_images", minimum=0)
         if combine_weights not in LAYER_WEIGHTINGS:
             raise ValueError(f"Expected `combine_weights` to be one of {list(LAYER_WEIGHTINGS)}, but got {combine_weights!r}.")
@@ -222,6 +231,7 @@ class SaliencyMonitorLogic:
         self.class_names = class_names
         self.batch_to_probe = batch_to_probe
         self.output_to_logits = output_to_logits
+        self.smooth = smooth
         self.num_logged_images = num_logged_images
         self.combine_weights = combine_weights
         self.combine_mode = combine_mode
@@ -365,7 +375,7 @@ class SaliencyMonitorLogic:
             layers=tuple(layers), methods=self.methods, task=task, meta_lr=None, meta_params=self.meta_params,
             combine_weights=self.combine_weights, combine_mode=self.combine_mode,
             pointing_tolerance=self.pointing_tolerance, batch_size=self.probe_batch_size,
-            output_to_logits=self.output_to_logits,
+            output_to_logits=self.output_to_logits, smooth=self.smooth,
         )
         if "meta_lr" in restored:
             meta_lr = restored["meta_lr"]
@@ -473,6 +483,9 @@ class SaliencyMonitorLogic:
                 metric, rest = key.split("/", 1)
                 scalars[f"saliency/{split}/{key}"] = mean
                 scalars[f"saliency/{split}/{metric}_stderr/{rest}"] = stderr
+        for split, result in results.items():
+            if result.prediction_difference is not None:
+                scalars[f"saliency/{split}/prediction_difference"] = float(result.prediction_difference.mean())
         if "train" in summaries and "val" in summaries:
             for key, (train_mean, train_se, _) in summaries["train"].items():
                 metric, rest = key.split("/", 1)

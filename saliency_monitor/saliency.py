@@ -12,6 +12,7 @@ from .aggregate import Method, parse_method
 from .extract import Extraction, extract
 from .meta import meta_extract, validate_meta
 from .metrics import _normalize_size
+from .smooth import SMOOTHING
 from .layers import _check_images, default_layers, validate_layer_names
 
 SaliencyMaps = dict[str, dict[str, Tensor]]
@@ -30,6 +31,7 @@ def compute_saliency(
     meta_params: str = "all",
     output_size: int | tuple[int, int] | None = None,
     output_to_logits: Callable[[object], Tensor] | None = None,
+    smooth: str | None = None,
 ) -> SaliencyMaps:
     """Backpropagation saliency maps of ``targets`` at ``layers`` for every method.
 
@@ -60,6 +62,11 @@ def compute_saliency(
             otherwise they keep the layer's resolution.
         output_to_logits: for models whose output is not the logits tensor (a dict, a
             tuple, ...): maps the output to (B, C) logits, e.g. ``lambda out: out["logits"]``.
+        smooth: checkerboard-noise removal at stride-2 convolutions, during the saliency
+            pass only (:mod:`saliency_monitor.smooth`): ``"backward"`` (the gradient into each
+            such convolution averaged over 2×2 shifts; forward and logits unchanged) or
+            ``"forward"`` (outputs averaged over the 4 sampling phases; changes predictions).
+            The meta step itself is never smoothed.
 
     Returns:
         ``maps[method][layer]``: float32 (B, T, h, w), detached, on the images' device.
@@ -69,6 +76,8 @@ def compute_saliency(
     layers = default_layers(model, images) if layers is None else validate_layer_names(model, layers)
     parsed = _parse_methods(methods)
     size = _normalize_size(output_size, "output_size")
+    if smooth is not None and smooth not in SMOOTHING:
+        raise ValueError(f"Expected `smooth` to be one of {list(SMOOTHING)} or None, but got {smooth!r}.")
     if output_to_logits is not None and not callable(output_to_logits):
         raise TypeError(f"Expected `output_to_logits` to be callable, but got {type(output_to_logits).__name__}.")
     modules = dict(model.named_modules())
@@ -83,13 +92,13 @@ def compute_saliency(
 
     if meta_lr is None:
         extraction = extract(model, images, targets, layers, keep_inputs=keep_inputs,
-                             output_to_logits=output_to_logits)
+                             output_to_logits=output_to_logits, smooth=smooth)
         return _aggregate(extraction, parsed, layers, size, images.device.type)
     names = validate_meta(model, meta_lr, task, meta_params)
     rows: list[list[SaliencyMaps]] = [[] for _ in range(images.shape[0])]
     for b, extraction in meta_extract(
         model, images, targets, layers, lr=float(meta_lr), task=task, names=names,
-        keep_inputs=keep_inputs, output_to_logits=output_to_logits,
+        keep_inputs=keep_inputs, output_to_logits=output_to_logits, smooth=smooth,
     ):
         rows[b].append(_aggregate(extraction, parsed, layers, size, images.device.type))
     return {

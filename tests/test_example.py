@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -16,13 +17,14 @@ from saliency_monitor.loggers import offline_history, read_offline_run
 def test_offline_default_runs_end_to_end(wandb_env, capsys) -> None:
     from examples.voc_finetune import main
 
-    summary = main([
+    summary, module, monitor, _ = main([
         "--data-dir", str(wandb_env / "voc"), "--synthetic-sizes", "12", "8", "16", "--image-size", "32",
         "--epochs", "2", "--every-n-epochs", "1", "--batch-size", "8", "--num-train-probes", "3", "--num-val-probes", "3",
         "--wandb-dir", str(wandb_env / "runs"), "--picture", str(wandb_env / "picture.png"),
     ])
     out = capsys.readouterr().out
     assert [row["epoch"] for row in summary.rows] == ["start", "1", "2"]
+    assert monitor.state_dict()["evaluations"] == 3 and isinstance(module.model, torch.nn.Module)
     assert "Per evaluation" in out and "wandb leet " in out and "wandb sync " in out
 
     (run_dir,) = (wandb_env / "runs" / "wandb").glob("offline-run-*")
