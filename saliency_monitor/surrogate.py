@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .probes import parse_batch
+
 TASKS = ("multiclass", "multilabel")
 
 
@@ -133,7 +135,8 @@ def fit_bilinear_surrogate(
         model: maps (N, C, H, W) images to (N, K) logits. Not modified (deep-copied; the copy
             runs in eval mode); every stride-2 convolution must run exactly once per forward.
         images: the fitting images, a (N, C, H, W) floating tensor or an iterable of such
-            batches (consumed once). The same images serve for the report's accuracies
+            batches, or a DataLoader of batches :func:`~saliency_monitor.probes.parse_batch`
+            reads (its labels are not used: pass ``labels`` for accuracies); consumed once. The same images serve for the report's accuracies
             (in-sample evaluation). All recorded (input, output) pairs are kept in memory.
         labels: for the accuracies: (N,) class indices (top-1 accuracy) or (N, K) multi-hot
             (fraction of images whose top class is a true class). Without labels, both
@@ -205,8 +208,9 @@ def _check_batch(batch: object) -> Tensor:
 def _stack_images(images: object) -> Tensor:
     if isinstance(images, Tensor):
         x = _check_batch(images)
-    elif isinstance(images, Iterable):
-        batches = [_check_batch(b) for b in images]
+    elif isinstance(images, Iterable) and not isinstance(images, (str, bytes)):
+        # a DataLoader of the user's batches works too: (images, labels, ...) -> images
+        batches = [_check_batch(parse_batch(b).images if isinstance(b, (tuple, list, dict)) else b) for b in images]
         if not batches:
             raise ValueError("Expected `images` to hold at least one batch, but got an empty iterable.")
         shapes = {tuple(b.shape[1:]) for b in batches}

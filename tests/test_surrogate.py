@@ -158,3 +158,23 @@ def test_bad_input(kwargs: dict, error: type, message: str) -> None:
     args = {"model": make(), "images": torch.zeros(2, 3, 12, 12)} | kwargs
     with pytest.raises(error, match=re.escape(message)):
         fit_bilinear_surrogate(args.pop("model"), args.pop("images"), **args)
+
+
+def test_a_dataloader_of_labelled_batches_is_accepted() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = _dataloader_model()
+    images = torch.randn(16, 3, 12, 12)
+    loader = DataLoader(TensorDataset(images, torch.arange(16) % 4), batch_size=8)
+    from_loader = fit_bilinear_surrogate(model, loader, epochs=2)[0]
+    from_tensor = fit_bilinear_surrogate(model, images, epochs=2)[0]
+    for (name, a), (_, b) in zip(from_loader.state_dict().items(), from_tensor.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def _dataloader_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(4, 4),
+    )
