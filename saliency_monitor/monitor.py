@@ -370,6 +370,20 @@ class SaliencyMonitorLogic:
         _logits(pl_module, sample, self.output_to_logits)  # a clear error now, not a warning per evaluation
         layers = self.layers or restored.get("layers") or default_layers(pl_module, sample)
         layers = validate_layer_names(pl_module, layers)
+        previous_layers = restored.get("layers")
+        if previous_layers is not None and list(previous_layers) != list(layers):
+            self._warn_once(trainer, "layers-changed", (
+                f"SaliencyMonitor: the checkpoint's monitor used layers {list(previous_layers)}, this run uses "
+                f"{list(layers)}; drift restarts (NaN at the first evaluation) for the layers that changed."
+            ))
+            kept = set(previous_layers) & set(layers)  # the combined map is another combination now: dropped
+            self._previous = {
+                split: DriftReference(
+                    {m: {l: t for l, t in per_layer.items() if l in kept} for m, per_layer in ref.maps.items()},
+                    ref.targets,
+                )
+                for split, ref in self._previous.items()
+            }
         task = self.task or restored.get("task") or first.task
         settings = EvaluationSettings(
             layers=tuple(layers), methods=self.methods, task=task, meta_lr=None, meta_params=self.meta_params,

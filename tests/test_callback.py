@@ -358,3 +358,20 @@ def test_default_meta_step_is_calibrated_once_and_logged(tmp_path) -> None:
     assert logged == {monitor.state_dict()["meta_lr"]} and 1e-4 <= logged.pop() <= 0.1
     model.load_state_dict(initial)  # the calibration ran on the initial weights and the train probes
     assert calibrate_meta_lr(model, monitor._probes["train"], monitor._settings) == monitor.state_dict()["meta_lr"]
+
+
+def test_resuming_with_other_layers_warns_that_drift_restarts(tmp_path) -> None:
+    train, val = multiclass_loaders()
+    first = SaliencyMonitor(num_train_probes=2, num_val_probes=2, meta_lr=None)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, [first, checkpoint], max_epochs=1, enable_checkpointing=True, logger=SpyLogger()).fit(
+        Classifier(), train, val)
+    spy = SpyLogger()
+    second = SaliencyMonitor(num_train_probes=2, num_val_probes=2, meta_lr=None, layers=["net.stem", "net.stage2"])
+    with pytest.warns(SaliencyMonitorWarning, match=r"used layers \['net.stem', 'net.stage1', 'net.stage2'\], this "
+                                                    r"run uses \['net.stem', 'net.stage2'\]; drift restarts"):
+        trainer(tmp_path, [second], max_epochs=2, logger=spy).fit(
+            Classifier(), train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    metrics = spy.saliency()[0][1]
+    assert math.isfinite(metrics["saliency/train/drift/norm_grad/net.stem"])  # same layer: drift continues
+    assert math.isnan(metrics["saliency/train/drift/norm_grad/combined"])  # the combination changed
