@@ -136,14 +136,14 @@ def evaluate_probes(
     for start in range(0, len(probes), settings.batch_size):
         chunk = probes.select(range(start, min(start + settings.batch_size, len(probes))))
         images = chunk.images.to(device=device, dtype=dtype)
-        logits = _logits(model, images, settings.output_to_logits)
-        targets, probabilities = _targets(logits, chunk, settings.task)
+        logits = model_logits(model, images, settings.output_to_logits)
+        targets, probabilities = label_max_min_targets(logits, chunk, settings.task)
         common = dict(layers=list(settings.layers), methods=list(settings.methods),
                       output_to_logits=settings.output_to_logits, smooth=settings.smooth)
         if settings.smooth == "forward":  # it changes the model's predictions: measure by how much
             with smoothing(model, "forward"):
-                smoothed = _logits(model, images, settings.output_to_logits)
-            difference_parts.append((_probabilities(smoothed, settings.task) - probabilities).abs().mean(1).cpu())
+                smoothed = model_logits(model, images, settings.output_to_logits)
+            difference_parts.append((class_probabilities(smoothed, settings.task) - probabilities).abs().mean(1).cpu())
         plain_parts.append(_to_cpu(compute_saliency(model, images, targets, **common)))
         if settings.meta_lr is not None:
             meta_parts.append(_to_cpu(compute_saliency(
@@ -159,7 +159,7 @@ def evaluate_probes(
     plain = _with_combined(plain, settings, size)
     meta, meta_bad = _blank_nonfinite(_cat(meta_parts)) if meta_parts else (None, {})
     meta = _with_combined(meta, settings, size) if meta is not None else None
-    masks = _label_masks(probes, targets, len(probability_parts[0][0]))
+    masks = _label_masks(probes, targets, probability_parts[0].shape[1])
 
     values: dict[str, Tensor] = {}
     for method, per_layer in plain.items():
@@ -216,7 +216,10 @@ def summarize(values: Mapping[str, Tensor]) -> dict[str, tuple[float, float, int
 # --------------------------------------------------------------------------- helpers
 
 
-def _logits(model: nn.Module, images: Tensor, output_to_logits: Callable[[object], Tensor] | None = None) -> Tensor:
+def model_logits(
+    model: nn.Module, images: Tensor, output_to_logits: Callable[[object], Tensor] | None = None
+) -> Tensor:
+    """(B, C) float32 logits of an eval-mode, no-grad forward; a clear error for any other output."""
     with torch.no_grad(), eval_mode(model):
         logits = model(images)
         if output_to_logits is not None:
@@ -231,17 +234,19 @@ def _logits(model: nn.Module, images: Tensor, output_to_logits: Callable[[object
     return logits.float()
 
 
-def _targets(logits: Tensor, probes: ProbeBatch, task: str) -> tuple[Tensor, Tensor]:
+def label_max_min_targets(logits: Tensor, probes: ProbeBatch, task: str) -> tuple[Tensor, Tensor]:
     """(B, 3) [label, max, min] targets and the class probabilities."""
     num_classes = logits.shape[1]
     labels = probes.label_matrix(num_classes).to(logits.device).bool()
-    probabilities = _probabilities(logits, task)
+    probabilities = class_probabilities(logits, task)
     label = torch.where(labels, logits, -math.inf).argmax(dim=1)
     return torch.stack([label, logits.argmax(dim=1), logits.argmin(dim=1)], dim=1), probabilities
 
 
-def _probabilities(logits: Tensor, task: str) -> Tensor:
-    return logits.softmax(dim=1) if task == "multiclass" else logits.sigmoid()
+def class_probabilities(logits: Tensor, task: str) -> Tensor:
+    """Softmax (``"multiclass"``) or sigmoid (``"multilabel"``) of (N, C) logits, in float32."""
+    logits = logits.float()
+    return logits.softmax(dim=-1) if task == "multiclass" else logits.sigmoid()
 
 
 def _to_cpu(maps: SaliencyMaps) -> SaliencyMaps:

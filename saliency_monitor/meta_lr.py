@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .combine import combine_maps, layer_weights
-from .evaluation import EvaluationSettings, _logits, _targets
+from .evaluation import EvaluationSettings, label_max_min_targets, model_logits
 from .metrics import map_correlation
 from .probes import ProbeBatch
 from .saliency import compute_saliency
@@ -60,7 +60,8 @@ def calibrate_meta_lr(
     parameter = next(model.parameters())
     chosen = probes.select(range(min(num_probes, len(probes))))
     images = chosen.images.to(device=parameter.device, dtype=parameter.dtype)
-    labels = _targets(_logits(model, images, settings.output_to_logits), chosen, settings.task)[0][:, :1]
+    logits = model_logits(model, images, settings.output_to_logits)
+    labels = label_max_min_targets(logits, chosen, settings.task)[0][:, :1]
     common = dict(layers=list(settings.layers), methods=list(settings.methods), output_to_logits=settings.output_to_logits,
                   smooth=settings.smooth)
     weights = layer_weights(settings.combine_weights, num_layers=len(settings.layers)).tolist()

@@ -9,7 +9,6 @@ accepts callbacks of its own.
 from __future__ import annotations
 
 import math
-import os
 import time
 import traceback
 import warnings
@@ -24,7 +23,6 @@ from torch import Tensor, nn
 from .aggregate import parse_method
 from .evaluation import (
     COMBINED,
-    LAYER_WEIGHTINGS,
     LABEL,
     METRICS,
     MAX,
@@ -34,14 +32,14 @@ from .evaluation import (
     SplitEvaluation,
     check_settings,
     evaluate_probes,
+    model_logits,
     summarize,
 )
 from .distributed import agree, gather_evaluation, select_reference, shard, shard_sizes
-from .evaluation import _logits
 from .layers import default_layers, validate_layer_names
 from .loggers import SaliencyLogger, adapt_loggers
 from .meta import META_PARAMS, TASKS
-from .smooth import SMOOTHING
+from .smooth import check_smooth
 from .meta_lr import META_LR_RULES, calibrate_meta_lr
 from .probes import ProbeBatch, draw_probes, load_probes
 from .render import COLORMAPS, GridRow, saliency_grid
@@ -193,27 +191,21 @@ class SaliencyMonitorLogic:
             )
         if task is not None and task not in TASKS:
             raise ValueError(f"Expected `task` to be one of {list(TASKS)} or None (inferred), but got {task!r}.")
-        if meta_params not in META_PARAMS:
-            raise ValueError(f"Expected `meta_params` to be one of {list(META_PARAMS)}, but got {meta_params!r}.")
+        _check_choice(meta_params, "meta_params", META_PARAMS)
         if class_names is not None:
             class_names = _check_names(class_names, "class_names")
         if batch_to_probe is not None and not callable(batch_to_probe):
             raise TypeError(f"Expected `batch_to_probe` to be callable, but got {type(batch_to_probe).__name__}.")
         if output_to_logits is not None and not callable(output_to_logits):
             raise TypeError(f"Expected `output_to_logits` to be callable, but got {type(output_to_logits).__name__}.")
-        if smooth is not None and smooth not in SMOOTHING:
-            raise ValueError(f"Expected `smooth` to be one of {list(SMOOTHING)} or None, but got {smooth!r}.")
+        check_smooth(smooth)
         _check_int(num_logged_images, "num_logged_images", minimum=0)
-        if combine_weights not in LAYER_WEIGHTINGS:
-            raise ValueError(f"Expected `combine_weights` to be one of {list(LAYER_WEIGHTINGS)}, but got {combine_weights!r}.")
         if isinstance(pointing_tolerance, bool) or not isinstance(pointing_tolerance, (int, float)) or not pointing_tolerance >= 0:
             raise ValueError(f"Expected `pointing_tolerance` to be a number >= 0, but got {pointing_tolerance!r}.")
         _check_int(probe_batch_size, "probe_batch_size", minimum=1)
         _check_int(seed, "seed", minimum=0)
-        if on_error not in ON_ERROR:
-            raise ValueError(f"Expected `on_error` to be one of {list(ON_ERROR)}, but got {on_error!r}.")
-        if colormap not in COLORMAPS:
-            raise ValueError(f"Expected `colormap` to be one of {list(COLORMAPS)}, but got {colormap!r}.")
+        _check_choice(on_error, "on_error", ON_ERROR)
+        _check_choice(colormap, "colormap", COLORMAPS)
         check_settings(EvaluationSettings(
             layers=(), methods=tuple(methods), task=task or "multiclass", meta_lr=None,
             combine_weights=combine_weights, combine_mode=combine_mode,
@@ -367,7 +359,7 @@ class SaliencyMonitorLogic:
         sample = first.images[:1]
         if parameter is not None:
             sample = sample.to(device=parameter.device, dtype=parameter.dtype)
-        _logits(pl_module, sample, self.output_to_logits)  # a clear error now, not a warning per evaluation
+        model_logits(pl_module, sample, self.output_to_logits)  # a clear error now, not a warning per evaluation
         layers = self.layers or restored.get("layers") or default_layers(pl_module, sample)
         layers = validate_layer_names(pl_module, layers)
         previous_layers = restored.get("layers")
@@ -487,7 +479,8 @@ class SaliencyMonitorLogic:
         self._previous.update({split: result.reference for split, result in results.items()})
         self._evaluations += 1
         self._last_step = trainer.global_step
-        self._publish(trainer, scalars, pictures, trainer.global_step, results)
+        tables = {split: self._table(split, result) for split, result in results.items()} if trainer.is_global_zero else {}
+        self._publish(trainer, scalars, pictures, trainer.global_step, tables)
 
     def _scalars(self, results: dict[str, SplitEvaluation]) -> dict[str, float]:
         scalars: dict[str, float] = {}
@@ -516,6 +509,7 @@ class SaliencyMonitorLogic:
             return {}
         settings = self._settings
         assert settings is not None
+        layers = [*settings.layers, COMBINED]
         columns = [*_short_names(settings.layers), COMBINED]
         pictures: dict[str, list[tuple[Any, str]]] = {}
         for split, result in results.items():
@@ -527,7 +521,6 @@ class SaliencyMonitorLogic:
                 for i in shown:
                     label = int(result.targets[i, LABEL])
                     caption = f"{self._class_name(label)} p={float(result.probabilities[i, label]):.2f}"
-                    layers = [*settings.layers, COMBINED]
                     rows.append(GridRow(probes.images[i], [result.maps[method][l][i] for l in layers], f"{caption} · plain"))
                     if result.meta_maps is not None:
                         rows.append(GridRow(probes.images[i], [result.meta_maps[method][l][i] for l in layers], f"{caption} · meta"))
@@ -562,7 +555,7 @@ class SaliencyMonitorLogic:
         scalars: dict[str, float],
         pictures: dict[str, list[tuple[Any, str]]],
         step: int,
-        results: dict[str, SplitEvaluation] | None = None,
+        tables: dict[str, tuple[list[str], list[list[object]]]] | None = None,
     ) -> None:
         trainer.callback_metrics.update({key: torch.tensor(value) for key, value in scalars.items()})
         if not trainer.is_global_zero:
@@ -573,7 +566,7 @@ class SaliencyMonitorLogic:
             self._warn_once(trainer, "no-logger", "SaliencyMonitor: the trainer has no logger; saliency metrics are "
                             "only stored in trainer.callback_metrics.")
         for adapter in adapters:
-            self._send(trainer, adapter, scalars, pictures, step, results or {})
+            self._send(trainer, adapter, scalars, pictures, step, tables or {})
 
     def _send(
         self,
@@ -582,10 +575,10 @@ class SaliencyMonitorLogic:
         scalars: dict[str, float],
         pictures: dict[str, list[tuple[Any, str]]],
         step: int,
-        results: dict[str, SplitEvaluation],
+        tables: dict[str, tuple[list[str], list[list[object]]]],
     ) -> None:
         adapter.log_scalars(scalars, step)
-        if not pictures and not results:
+        if not pictures and not tables:
             return
         if not adapter.supports_images:
             self._warn_once(trainer, f"images-{adapter.name}", (
@@ -595,8 +588,7 @@ class SaliencyMonitorLogic:
             return
         for split, grids in pictures.items():
             adapter.log_images(f"saliency_maps/{split}", [g for g, _ in grids], [c for _, c in grids], step)
-        for split, result in results.items():
-            columns, rows = self._table(split, result)
+        for split, (columns, rows) in tables.items():
             adapter.log_table(f"saliency_probes/{split}", columns, rows, step)
 
     # ------------------------------------------------------------------ small helpers
@@ -622,7 +614,7 @@ class _Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=f"SaliencyMonitor (step {step})", unit="probe", leave=False,
-                            dynamic_ncols=True, disable=os.environ.get("SALIENCY_MONITOR_NO_PROGRESS") == "1")
+                            dynamic_ncols=True)
 
     def update(self, count: int) -> None:
         if self.bar is not None:
@@ -705,6 +697,11 @@ def _check_names(names: object, arg: str) -> tuple[str, ...]:
     if not names:
         raise ValueError(f"Expected `{arg}` to name at least one, but got an empty sequence.")
     return tuple(names)
+
+
+def _check_choice(value: object, arg: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"Expected `{arg}` to be one of {list(choices)}, but got {value!r}.")
 
 
 def _check_int(value: object, arg: str, minimum: int) -> int:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from .meta import TASKS
 from .metrics import voc_boxes_to_masks
 
 try:  # numpy is optional for torch; its global RNG is isolated when it is there
@@ -49,7 +50,6 @@ VOC_CLASSES: tuple[str, ...] = (
 )  # fmt: skip
 """The 20 PASCAL VOC classes in the standard (alphabetical, devkit) order."""
 
-TASKS = ("multiclass", "multilabel")
 
 IMAGE_KEYS = ("image", "images", "input", "inputs", "x")
 LABEL_KEYS = ("label", "labels", "target", "targets", "y")

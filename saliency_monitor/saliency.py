@@ -12,7 +12,7 @@ from .aggregate import Method, parse_method
 from .extract import Extraction, extract
 from .meta import meta_extract, validate_meta
 from .metrics import _normalize_size
-from .smooth import SMOOTHING
+from .smooth import check_smooth
 from .layers import _check_images, default_layers, validate_layer_names
 
 SaliencyMaps = dict[str, dict[str, Tensor]]
@@ -76,8 +76,7 @@ def compute_saliency(
     layers = default_layers(model, images) if layers is None else validate_layer_names(model, layers)
     parsed = _parse_methods(methods)
     size = _normalize_size(output_size, "output_size")
-    if smooth is not None and smooth not in SMOOTHING:
-        raise ValueError(f"Expected `smooth` to be one of {list(SMOOTHING)} or None, but got {smooth!r}.")
+    check_smooth(smooth)
     if output_to_logits is not None and not callable(output_to_logits):
         raise TypeError(f"Expected `output_to_logits` to be callable, but got {type(output_to_logits).__name__}.")
     modules = dict(model.named_modules())

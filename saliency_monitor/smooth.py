@@ -30,6 +30,12 @@ from torch import Tensor, nn
 SMOOTHING = ("backward", "forward")
 
 
+def check_smooth(mode: object) -> None:
+    """The error every entry point gives for a bad ``smooth``."""
+    if mode is not None and mode not in SMOOTHING:
+        raise ValueError(f"Expected `smooth` to be one of {list(SMOOTHING)} or None, but got {mode!r}.")
+
+
 def strided_convolutions(model: nn.Module) -> list[nn.Conv2d]:
     """The ``nn.Conv2d`` modules of ``model`` with stride (2, 2)."""
     return [m for m in model.modules() if isinstance(m, nn.Conv2d) and tuple(m.stride) == (2, 2)]
@@ -82,11 +88,10 @@ def phase_averaged_conv(conv: nn.Conv2d, x: Tensor, out_size: tuple[int, int]) -
 @contextmanager
 def smoothing(model: nn.Module, mode: str | None) -> Iterator[None]:
     """Hooks on every stride-2 convolution of ``model`` for ``mode`` (None: nothing), removed on exit."""
+    check_smooth(mode)
     if mode is None:
         yield
         return
-    if mode not in SMOOTHING:
-        raise ValueError(f"Expected `smooth` to be one of {list(SMOOTHING)} or None, but got {mode!r}.")
     handles = []
     try:
         for conv in strided_convolutions(model):

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .evaluation import class_probabilities
+from .meta import TASKS
 from .probes import parse_batch
 
-TASKS = ("multiclass", "multilabel")
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def fit_bilinear_surrogate(
         fit_l1=fit_l1,
         accuracy=_accuracy(surrogate_logits, labels, original),
         original_accuracy=_accuracy(original, labels, original),
-        prediction_difference=float((_probabilities(surrogate_logits, task) - _probabilities(original, task))
+        prediction_difference=float((class_probabilities(surrogate_logits, task) - class_probabilities(original, task))
                                     .abs().mean()),
     )
     return frozen, report
@@ -304,10 +305,6 @@ def _train(
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
-def _probabilities(logits: Tensor, task: str) -> Tensor:
-    return logits.float().softmax(-1) if task == "multiclass" else logits.float().sigmoid()
 
 
 def _accuracy(logits: Tensor, labels: Tensor | None, original: Tensor) -> float:
