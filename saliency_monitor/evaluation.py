@@ -15,6 +15,8 @@ meta_correlation           ρ(label map, its meta map) (supp. D; lower on unseen
 drift                      ρ(label map now, label map at the previous evaluation)
 total_variation            noise of the label map (Smooth Deep Saliency's TV)
 pointing_game              1 if the label map's maximum hits the class region (supp. A)
+relevance_ssim             ``salient_relevance`` only: SSIM(LRP map, SR map) of the label
+                           class (Beyond Saliency's quantitative measure)
 =========================  =============================================================
 
 ρ is Spearman's rank correlation of maps upsampled bilinearly to the image size. Pure
@@ -34,9 +36,9 @@ from .combine import COMBINATIONS, combine_maps, layer_weights
 from .layers import eval_mode
 from .smooth import smoothing
 from .meta import TASKS
-from .metrics import class_sensitivity, drift, map_correlation, pointing_hits, total_variation
+from .metrics import class_sensitivity, drift, map_correlation, pointing_hits, structural_similarity, total_variation
 from .probes import ProbeBatch
-from .saliency import SaliencyMaps, compute_saliency
+from .saliency import DEFAULT_CONTEXT_SIZE, SaliencyMaps, compute_saliency
 
 METRICS = (
     "class_sensitivity",
@@ -45,6 +47,7 @@ METRICS = (
     "drift",
     "total_variation",
     "pointing_game",
+    "relevance_ssim",
 )
 COMBINED = "combined"
 """The layer name of the layer-combined map."""
@@ -76,6 +79,17 @@ class EvaluationSettings:
     """Maps the model's output to (B, C) logits when it is not that tensor itself."""
     smooth: str | None = None
     """Checkerboard smoothing during the saliency passes (:mod:`saliency_monitor.smooth`)."""
+    lrp_composite: object = "epsilon_plus_flat"
+    """LRP rules of the relevance methods (:mod:`saliency_monitor.relevance`)."""
+    context_size: int = DEFAULT_CONTEXT_SIZE
+    """Long edge of ``salient_relevance``'s context-aware detection."""
+
+    @property
+    def computed_methods(self) -> tuple[str, ...]:
+        """``methods``, plus ``lrp`` when ``salient_relevance`` needs it for its SSIM."""
+        if "salient_relevance" in self.methods and "lrp" not in self.methods:
+            return (*self.methods, "lrp")
+        return self.methods
 
 
 @dataclass(frozen=True)
@@ -138,8 +152,9 @@ def evaluate_probes(
         images = chunk.images.to(device=device, dtype=dtype)
         logits = model_logits(model, images, settings.output_to_logits)
         targets, probabilities = label_max_min_targets(logits, chunk, settings.task)
-        common = dict(layers=list(settings.layers), methods=list(settings.methods),
-                      output_to_logits=settings.output_to_logits, smooth=settings.smooth)
+        common = dict(layers=list(settings.layers), methods=list(settings.computed_methods),
+                      output_to_logits=settings.output_to_logits, smooth=settings.smooth,
+                      lrp_composite=settings.lrp_composite, context_size=settings.context_size)
         if settings.smooth == "forward":  # it changes the model's predictions: measure by how much
             with smoothing(model, "forward"):
                 smoothed = model_logits(model, images, settings.output_to_logits)
@@ -176,10 +191,19 @@ def evaluate_probes(
             if masks is not None:
                 hits = pointing_hits(maps[:, LABEL], masks, settings.pointing_tolerance).double()
                 values[f"pointing_game/{key}"] = torch.where(masks.flatten(1).any(1), hits, math.nan)
+    if "salient_relevance" in plain:
+        for layer, detected in plain["salient_relevance"].items():
+            values[f"relevance_ssim/salient_relevance/{layer}"] = structural_similarity(
+                _at_size(plain["lrp"][layer][:, LABEL], size), _at_size(detected[:, LABEL], size)
+            )
     for key in values:  # a probe whose maps overflowed has no value, whatever the metric made of them
         metric, method, layer = key.split("/", 2)
         bad = plain_bad[method][layer] | (meta_bad[method][layer] if metric.startswith("meta_") else False)
         values[key] = torch.where(bad, math.nan, values[key].double())
+    if settings.computed_methods != settings.methods:  # lrp was only computed for the SSIM
+        plain, plain_bad = _without(plain, "lrp"), _without(plain_bad, "lrp")
+        meta, meta_bad = (_without(meta, "lrp") if meta is not None else None), _without(meta_bad, "lrp")
+        values = {key: value for key, value in values.items() if key.split("/")[1] != "lrp"}
     nonfinite = {
         f"{kind}/{method}/{layer}": int(bad.sum())
         for kind, table in (("plain", plain_bad), ("meta", meta_bad))
@@ -277,6 +301,17 @@ def _with_combined(maps: SaliencyMaps, settings: EvaluationSettings, size: tuple
         method: {**per_layer, COMBINED: combine_maps(per_layer, weights.tolist(), size=size, mode=settings.combine_mode)}
         for method, per_layer in maps.items()
     }
+
+
+def _at_size(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """(N, h, w) -> (N, H, W), bilinear."""
+    if tuple(maps.shape[-2:]) == size:
+        return maps
+    return torch.nn.functional.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def _without(table: dict, method: str) -> dict:
+    return {key: value for key, value in table.items() if key != method}
 
 
 def _label_only(maps: SaliencyMaps) -> MapsByLayer:

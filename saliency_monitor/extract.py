@@ -41,7 +41,7 @@ class Extraction:
     captures: dict[str, Capture]
 
 
-class _Recorder:
+class LayerRecorder:
     """Forward hooks that keep each layer's output (with its graph) and optionally its input.
 
     The hook hands a *clone* of the output to the rest of the network, so in-place ops
@@ -88,6 +88,21 @@ class _Recorder:
 
         return hook
 
+    def check_complete(self, layers: Sequence[str]) -> None:
+        """Errors unless every layer ran and no captured output was later modified in place."""
+        missing = [n for n in layers if n != INPUT and n not in self.outputs]
+        if missing:
+            raise ValueError(
+                f"Expected the forward pass to reach every requested layer, but it never ran {missing}."
+            )
+        modified = [n for n, v in self.versions.items() if self.outputs[n]._version != v]
+        if modified:
+            raise RuntimeError(
+                f"The outputs of layers {modified} were modified in place after they ran "
+                "(the module returns a tensor that something else writes to later), so "
+                "their captured values are wrong. Choose a neighbouring layer."
+            )
+
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
@@ -121,7 +136,7 @@ def extract(
     """
     # smoothing hooks first: a recorded stride-2 convolution is captured after its own smoothing
     with smoothing(model, smooth):
-        recorder = _Recorder(model, layers, keep_inputs)
+        recorder = LayerRecorder(model, layers, keep_inputs)
         try:
             with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
                 # Clones are normal tensors even if the inputs were made under inference_mode.
@@ -133,18 +148,7 @@ def extract(
                 recorder.remove()
                 _check_logits(logits, images.shape[0])
                 _check_targets_range(targets, logits.shape[1])
-                missing = [n for n in layers if n != INPUT and n not in recorder.outputs]
-                if missing:
-                    raise ValueError(
-                        f"Expected the forward pass to reach every requested layer, but it never ran {missing}."
-                    )
-                modified = [n for n, v in recorder.versions.items() if recorder.outputs[n]._version != v]
-                if modified:
-                    raise RuntimeError(
-                        f"The outputs of layers {modified} were modified in place after they ran "
-                        "(the module returns a tensor that something else writes to later), so "
-                        "their captured values are wrong. Choose a neighbouring layer."
-                    )
+                recorder.check_complete(layers)
                 activations = [x if n == INPUT else recorder.outputs[n] for n in layers]
                 gradients = _backward_per_target(logits.gather(1, targets), activations, layers)
         finally:

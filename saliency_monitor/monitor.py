@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .aggregate import parse_method
+from .relevance import check_composite
+from .saliency import DEFAULT_CONTEXT_SIZE, RELEVANCE_METHODS, check_context_size, check_method
 from .evaluation import (
     COMBINED,
     LABEL,
@@ -86,6 +87,9 @@ class SaliencyMonitorLogic:
     - ``saliency/{split}/pointing_game/{method}/{layer}``: fraction of probes whose label map
       peaks within ``pointing_tolerance`` px of the class's boxes/masks (only when the
       probes carry them).
+    - ``saliency/{split}/relevance_ssim/salient_relevance/{layer}`` (method
+      ``salient_relevance`` only): SSIM between the LRP map and its Salient Relevance map
+      (Beyond Saliency's measure of how much the detection reshapes the relevance).
     - ``saliency/{split}/{metric}_stderr/{method}/{layer}``: the standard error of each mean.
     - ``saliency/{split}/prediction_difference`` (``smooth="forward"`` only): mean over probes
       and classes of |p_smoothed − p|, how far the forward smoothing moves the predictions.
@@ -121,7 +125,11 @@ class SaliencyMonitorLogic:
             (a dict, a tuple, ...): maps the output to it, e.g. ``lambda out: out["logits"]``.
         smooth: checkerboard-noise removal at stride-2 convolutions during the saliency passes
             (:mod:`saliency_monitor.smooth`): ``"backward"``, ``"forward"`` (changes the
-            predictions; their change is logged) or None.
+            predictions; their change is logged) or None. Gradient methods only.
+        lrp_composite: the LRP rules of methods ``lrp`` and ``salient_relevance``:
+            ``"epsilon_plus_flat"``, ``"epsilon_gamma_box"`` or a ``zennit.core.Composite``.
+        context_size: long edge (px) at which ``salient_relevance`` runs context-aware
+            saliency detection (Goferman et al. use 250; the cost grows with its 4th power).
         num_logged_images: probes shown in the pictures (0 = no pictures).
         combine_weights, combine_mode: the layer combination (``uniform``/``linear``,
             ``sum``/``product``).
@@ -149,6 +157,8 @@ class SaliencyMonitorLogic:
         batch_to_probe: Callable[[Any], Any] | None = None,
         output_to_logits: Callable[[Any], Tensor] | None = None,
         smooth: str | None = None,
+        lrp_composite: Any = "epsilon_plus_flat",
+        context_size: int = DEFAULT_CONTEXT_SIZE,
         num_logged_images: int = 4,
         combine_weights: str = "uniform",
         combine_mode: str = "sum",
@@ -163,7 +173,7 @@ class SaliencyMonitorLogic:
             layers = _check_names(layers, "layers")
         methods = _check_names(methods, "methods")
         for method in methods:
-            parse_method(method)
+            check_method(method)
         if len(set(methods)) != len(methods):
             raise ValueError(f"Expected distinct `methods`, but got {list(methods)}.")
         _check_int(num_train_probes, "num_train_probes", minimum=1)
@@ -199,6 +209,14 @@ class SaliencyMonitorLogic:
         if output_to_logits is not None and not callable(output_to_logits):
             raise TypeError(f"Expected `output_to_logits` to be callable, but got {type(output_to_logits).__name__}.")
         check_smooth(smooth)
+        relevance = [m for m in methods if m in RELEVANCE_METHODS]
+        if relevance and smooth is not None:
+            raise ValueError(
+                f"Expected `smooth=None` with the relevance methods {relevance} (smoothing changes gradients, "
+                f"not relevance rules), but got smooth={smooth!r}."
+            )
+        check_composite(lrp_composite)
+        check_context_size(context_size)
         _check_int(num_logged_images, "num_logged_images", minimum=0)
         if isinstance(pointing_tolerance, bool) or not isinstance(pointing_tolerance, (int, float)) or not pointing_tolerance >= 0:
             raise ValueError(f"Expected `pointing_tolerance` to be a number >= 0, but got {pointing_tolerance!r}.")
@@ -224,6 +242,8 @@ class SaliencyMonitorLogic:
         self.batch_to_probe = batch_to_probe
         self.output_to_logits = output_to_logits
         self.smooth = smooth
+        self.lrp_composite = lrp_composite
+        self.context_size = context_size
         self.num_logged_images = num_logged_images
         self.combine_weights = combine_weights
         self.combine_mode = combine_mode
@@ -382,6 +402,7 @@ class SaliencyMonitorLogic:
             combine_weights=self.combine_weights, combine_mode=self.combine_mode,
             pointing_tolerance=self.pointing_tolerance, batch_size=self.probe_batch_size,
             output_to_logits=self.output_to_logits, smooth=self.smooth,
+            lrp_composite=self.lrp_composite, context_size=self.context_size,
         )
         if "meta_lr" in restored:
             meta_lr = restored["meta_lr"]
@@ -538,7 +559,10 @@ class SaliencyMonitorLogic:
         if settings.meta_lr is None:
             metrics = [m for m in metrics if not m.startswith("meta_")]
         columns = ["probe", "identity", "label", "label_score", "max_class", "min_class"]
-        columns += [f"{metric}/{method}/{COMBINED}" for method in settings.methods for metric in metrics]
+        columns += [
+            f"{metric}/{method}/{COMBINED}" for method in settings.methods for metric in metrics
+            if metric != "relevance_ssim" or method == "salient_relevance"
+        ]
         rows = []
         for i in range(len(result.targets)):
             label, top, bottom = (int(c) for c in result.targets[i, [LABEL, MAX, MIN]])

@@ -47,8 +47,8 @@ def images() -> torch.Tensor:
          "Expected `targets` to hold integer class indices, but got dtype torch.float32."),
         ({"targets": "cat"}, TypeError, "Expected `targets` to be a tensor or nested sequence"),
         ({"methods": ["normgrad"]}, ValueError,
-         "Expected a method in ['grad_cam', 'gradient', 'linear_approx', 'norm_grad', "
-         "'norm_grad_conv', 'norm_grad_selective'] or 'extract:aggregation' with extract in "
+         "Expected a method in ['grad_cam', 'gradient', 'linear_approx', 'lrp', 'norm_grad', "
+         "'norm_grad_conv', 'norm_grad_selective', 'salient_relevance'] or 'extract:aggregation' with extract in "
          "['bias', 'scaling', 'conv1x1', 'conv3x3', 'conv'] and aggregation in "
          "['sum', 'maxabs', 'norm', 'filter_norm'], but got 'normgrad'."),
         ({"methods": ["conv5x5:norm"]}, ValueError, "but got 'conv5x5:norm'."),

@@ -1,0 +1,173 @@
+"""Layer-wise relevance propagation (LRP) maps, computed with zennit.
+
+LRP (Bach et al. 2015; Montavon et al. 2019, "Layer-wise relevance propagation: an
+overview") redistributes the explained logit f_c(x) backwards, layer by layer, so that at
+every layer the relevances R sum (approximately) to f_c(x). With z_j = Σ_i x_i w_ij + b_j:
+
+- ε rule (dense layers):  R_i = Σ_j x_i w_ij / (z_j + ε·sign z_j) · R_j
+- z⁺ rule (convolutions): R_i = Σ_j x_i w⁺_ij / Σ_i' x_i' w⁺_i'j · R_j
+- γ rule (convolutions):  w → w + γ·w⁺ in the ε rule's numerator and denominator
+- flat (first layer):     R_i = Σ_j 1 / (number of inputs of j) · R_j
+- z^B, "box" (first layer): bounds l ≤ x ≤ h of the input domain.
+
+Composites (zennit's names): ``"epsilon_plus_flat"`` = ε for linear layers, z⁺ for
+convolutions, flat for the first layer; ``"epsilon_gamma_box"`` = ε, γ = 0.25, and z^B at the
+first layer with l, h the per-channel minimum and maximum of the images. Both start from the
+explained logit (the relevance at the output is f_c(x) for class c, 0 elsewhere), pass
+relevance unchanged through activations and batch norms, and split it proportionally at
+average pools and at residual sums. Canonizers put the model into LRP's canonical form first:
+batch norms following a convolution are merged into it, and torchvision ResNet blocks compute
+their residual sum in a module the rules can see (zennit's ResNetCanonizer); other models
+get zennit's SequentialMergeBatchNorm. A residual ``+`` written inline in a custom model is
+invisible to the rules (its relevance is counted twice): pass a zennit ``Composite`` with a
+canonizer for it.
+
+The relevance map of a layer is its relevance summed over channels (signed; red = evidence
+for the class): at ``"input"`` over the colour channels, at a hidden layer over its output
+channels. Batched: the B×T (image, target) pairs are one batch of one forward and one backward.
+
+Nothing here touches the caller's model: the rules and canonizers (which rewrite weights and
+forward methods) run on a private deep copy, so no parameter, buffer, hook, flag or ``.grad``
+of the original can change, even when a call raises.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from .extract import LayerRecorder, _check_logits, _check_targets_range
+from .layers import INPUT
+
+LRP_COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box")
+"""Composite names accepted by ``composite=`` (or pass a ``zennit.core.Composite``)."""
+
+
+def check_composite(composite: object) -> None:
+    """A clear error unless ``composite`` is a known name or a zennit Composite."""
+    from zennit.core import Composite
+
+    if isinstance(composite, Composite):
+        return
+    if not isinstance(composite, str) or composite not in LRP_COMPOSITES:
+        raise ValueError(
+            f"Expected `lrp_composite` to be one of {list(LRP_COMPOSITES)} or a zennit.core.Composite, "
+            f"but got {composite!r}."
+        )
+
+
+class RelevanceModel:
+    """A private, frozen copy of ``model`` on which LRP runs; optionally at other parameters.
+
+    The copy is made once; :meth:`maps` can then be called for the original parameters or,
+    for meta-saliency, for θ' given as a name -> tensor mapping (copied into the copy's own
+    parameters before the canonizers merge batch norms into them).
+    """
+
+    def __init__(self, model: nn.Module, composite: object = "epsilon_plus_flat",
+                 output_to_logits: Callable[[object], Tensor] | None = None) -> None:
+        check_composite(composite)
+        self.composite = composite
+        self.output_to_logits = output_to_logits
+        self.copy = _frozen_copy(model)
+        self.parameters = dict(self.copy.named_parameters())
+        self.original = [p.detach().clone() for p in self.parameters.values()]
+
+    @contextmanager
+    def at(self, theta: Mapping[str, Tensor] | None) -> Iterator[RelevanceModel]:
+        """Within the block, the copy's parameters are ``theta`` (missing names: unchanged)."""
+        if theta is None:
+            yield self
+            return
+        targets = [p for n, p in self.parameters.items() if n in theta]
+        with torch.no_grad():
+            torch._foreach_copy_(targets, [theta[n] for n in self.parameters if n in theta])
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(list(self.parameters.values()), self.original)
+
+    def maps(self, images: Tensor, targets: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+        """``maps[layer]``: (B, T, h, w) float32 relevance of logit ``targets[b, t]`` summed over channels."""
+        batch, num_targets = targets.shape
+        composite = _make_composite(self.composite, self.copy, images)
+        with torch.inference_mode(False), torch.enable_grad(), composite.context(self.copy) as modified:
+            # clones: normal tensors even if the caller's were made under inference_mode
+            x = images.detach().clone().repeat_interleave(num_targets, dim=0).requires_grad_(True)
+            classes = targets.clone().reshape(-1)
+            recorder = LayerRecorder(modified, layers, keep_inputs=())
+            try:
+                logits = modified(x)
+                if self.output_to_logits is not None:
+                    logits = self.output_to_logits(logits)
+            finally:
+                recorder.remove()
+            _check_logits(logits, x.shape[0])
+            _check_targets_range(classes, logits.shape[1])
+            recorder.check_complete(layers)
+            activations = [x if name == INPUT else recorder.outputs[name] for name in layers]
+            start = torch.zeros_like(logits)
+            start.scatter_(1, classes[:, None], logits.detach().gather(1, classes[:, None]))
+            relevances = torch.autograd.grad(logits, activations, grad_outputs=start, allow_unused=True)
+        unused = [n for n, r in zip(layers, relevances) if r is None]
+        if unused:
+            raise ValueError(f"Expected every layer to influence the logits, but {unused} do not.")
+        return {
+            name: r.detach().float().sum(dim=1).reshape(batch, num_targets, *r.shape[-2:])
+            for name, r in zip(layers, relevances)
+        }
+
+
+def lrp_maps(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    layers: Sequence[str],
+    *,
+    composite: object = "epsilon_plus_flat",
+    output_to_logits: Callable[[object], Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """LRP relevance maps (B, T, h, w) of ``targets`` (B, T) at each of ``layers``.
+
+    See the module docstring for the rules; ``composite`` is a name in
+    :data:`LRP_COMPOSITES` or a ``zennit.core.Composite`` (used as given, canonizers included).
+    """
+    return RelevanceModel(model, composite, output_to_logits).maps(images, targets, layers)
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode whose parameters need no gradient (relevance flows to activations)."""
+    try:
+        with torch.inference_mode(False):
+            duplicate = copy.deepcopy(model)
+    except Exception as error:  # noqa: BLE001 - any failure to copy has the same remedy
+        raise TypeError(
+            f"Expected a model that copy.deepcopy can copy (LRP runs on a private copy so that zennit's "
+            f"canonizers never touch your model), but copying {type(model).__name__} failed: {error}"
+        ) from error
+    for parameter in duplicate.parameters():
+        parameter.requires_grad_(False)
+        parameter.grad = None
+    return duplicate.eval()
+
+
+def _make_composite(spec: object, model: nn.Module, images: Tensor) -> object:
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
+    from zennit.torchvision import ResNetCanonizer
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    if not isinstance(spec, str):
+        return spec
+    resnet = any(isinstance(m, (BasicBlock, Bottleneck)) for m in model.modules())
+    canonizers = [ResNetCanonizer() if resnet else SequentialMergeBatchNorm()]
+    if spec == "epsilon_plus_flat":
+        return EpsilonPlusFlat(canonizers=canonizers)
+    low = images.detach().amin(dim=(0, 2, 3))[None, :, None, None]
+    high = images.detach().amax(dim=(0, 2, 3))[None, :, None, None]
+    return EpsilonGammaBox(low=low, high=high, canonizers=canonizers)
