@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .relevance import check_composite
-from .saliency import DEFAULT_CONTEXT_SIZE, RELEVANCE_METHODS, check_context_size, check_method
+from .saliency import DEFAULT_CONTEXT_SIZE, RELEVANCE_METHODS, check_method, check_relevance_options
 from .evaluation import (
     COMBINED,
     LABEL,
@@ -209,14 +208,7 @@ class SaliencyMonitorLogic:
         if output_to_logits is not None and not callable(output_to_logits):
             raise TypeError(f"Expected `output_to_logits` to be callable, but got {type(output_to_logits).__name__}.")
         check_smooth(smooth)
-        relevance = [m for m in methods if m in RELEVANCE_METHODS]
-        if relevance and smooth is not None:
-            raise ValueError(
-                f"Expected `smooth=None` with the relevance methods {relevance} (smoothing changes gradients, "
-                f"not relevance rules), but got smooth={smooth!r}."
-            )
-        check_composite(lrp_composite)
-        check_context_size(context_size)
+        check_relevance_options([m for m in methods if m in RELEVANCE_METHODS], smooth, lrp_composite, context_size)
         _check_int(num_logged_images, "num_logged_images", minimum=0)
         if isinstance(pointing_tolerance, bool) or not isinstance(pointing_tolerance, (int, float)) or not pointing_tolerance >= 0:
             raise ValueError(f"Expected `pointing_tolerance` to be a number >= 0, but got {pointing_tolerance!r}.")

@@ -97,13 +97,7 @@ def compute_saliency(
     size = _normalize_size(output_size, "output_size")
     check_smooth(smooth)
     if relevance:
-        check_composite(lrp_composite)
-        check_context_size(context_size)
-        if smooth is not None:
-            raise ValueError(
-                f"Expected `smooth=None` with the relevance methods {relevance} (smoothing changes gradients, "
-                f"not relevance rules), but got smooth={smooth!r}."
-            )
+        check_relevance_options(relevance, smooth, lrp_composite, context_size)
     if output_to_logits is not None and not callable(output_to_logits):
         raise TypeError(f"Expected `output_to_logits` to be callable, but got {type(output_to_logits).__name__}.")
     modules = dict(model.named_modules())
@@ -201,6 +195,17 @@ def _salient_relevance(relevance: Tensor, context_size: int) -> Tensor:
     detected = context_aware_saliency(torch.where(finite[:, None, None], flat, 0.0)[:, None], size=context_size)
     detected = torch.where(finite[:, None, None], detected, torch.nan)
     return detected.reshape(batch, num_targets, *detected.shape[-2:])
+
+
+def check_relevance_options(relevance: Sequence[str], smooth: object, lrp_composite: object, context_size: object) -> None:
+    """Errors for the options of the relevance methods ``relevance`` (smoothing is gradient-only)."""
+    if relevance and smooth is not None:
+        raise ValueError(
+            f"Expected `smooth=None` with the relevance methods {list(relevance)} (smoothing changes gradients, "
+            f"not relevance rules), but got smooth={smooth!r}."
+        )
+    check_composite(lrp_composite)
+    check_context_size(context_size)
 
 
 def check_context_size(context_size: object) -> None:
