@@ -148,6 +148,25 @@ class Summary(pl.Callback):
         return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells)
 
 
+class EpochCheckpoints(pl.Callback):
+    """Saves the wrapped torchvision model's ``state_dict`` before training (``epoch_000.pt``) and
+    after every training epoch e (``epoch_{e:03d}.pt``) in ``directory``: plain ``torch.save``
+    files that ``torchvision.models.get_model(arch, num_classes=20).load_state_dict`` reads."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def _save(self, pl_module: pl.LightningModule, epoch: int) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        torch.save(pl_module.model.state_dict(), self.directory / f"epoch_{epoch:03d}.pt")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(pl_module, 0)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(pl_module, trainer.current_epoch + 1)
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.3f}"
@@ -190,6 +209,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--accelerator", default="auto")
     model.add_argument("--num-workers", type=int, default=0)
     model.add_argument("--seed", type=int, default=0)
+    model.add_argument("--checkpoint-dir", type=Path, default=None,
+                       help="save the model's state_dict before training and after every epoch here "
+                            "(epoch_000.pt, epoch_001.pt, ...; default: no checkpoints)")
     monitor = parser.add_argument_group("saliency monitor")
     monitor.add_argument("--num-train-probes", type=int, default=16)
     monitor.add_argument("--num-val-probes", type=int, default=16)
@@ -257,7 +279,8 @@ def main(argv: list[str] | None = None) -> Result:
     summary = Summary()
     trainer = pl.Trainer(
         max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=logger,
-        callbacks=[monitor, summary], log_every_n_steps=5, enable_checkpointing=False, num_sanity_val_steps=0,
+        callbacks=[monitor, summary, *([EpochCheckpoints(args.checkpoint_dir)] if args.checkpoint_dir else [])],
+        log_every_n_steps=5, enable_checkpointing=False, num_sanity_val_steps=0,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(does not have many workers|litlogger).*")
