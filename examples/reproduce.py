@@ -52,7 +52,7 @@ from examples.voc_data import (  # noqa: E402
 from saliency_monitor import default_layers  # noqa: E402
 from saliency_monitor.evaluation import model_logits  # noqa: E402
 from saliency_monitor.probes import ProbeBatch, parse_batch  # noqa: E402
-from saliency_monitor.aggregate import parse_method  # noqa: E402
+from saliency_monitor.saliency import check_method  # noqa: E402
 from saliency_monitor.sanity import BATCHNORM_MODES  # noqa: E402
 
 ANALYSES = ("identity", "layers", "class-sensitivity", "meta-gap", "randomization")
@@ -309,7 +309,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error("argument --methods: identity always compares norm_grad with norm_grad_conv")
         for method in args.methods:
             try:
-                parse_method(method)
+                check_method(method)
             except (TypeError, ValueError) as error:
                 parser.error(f"argument --methods: {error}")
     try:

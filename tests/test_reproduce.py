@@ -158,6 +158,16 @@ def test_class_sensitivity_matches_scipy(model, probes) -> None:
     assert not torch.allclose(result.meta["linear_approx"]["conv1"], result.plain["linear_approx"]["conv1"])
 
 
+def test_class_sensitivity_takes_the_relevance_methods(model, probes) -> None:
+    result = A.class_sensitivity_analysis(model, probes, ["conv2"], methods=["lrp", "salient_relevance"],
+                                          meta_lr=0.5, batch_size=8)
+    targets = model(probes.images.double()).topk(20).indices[:, [0, -1]]
+    maps = compute_saliency(model, probes.images.double(), targets, ["conv2"], ["lrp"])["lrp"]["conv2"]
+    want = [spearmanr(F.interpolate(maps[b : b + 1], size=SIZE, mode="bilinear")[0, 0].ravel(),
+                      F.interpolate(maps[b : b + 1], size=SIZE, mode="bilinear")[0, 1].ravel())[0] for b in range(8)]
+    np.testing.assert_allclose(result.plain["lrp"]["conv2"].numpy(), want, atol=1e-5)
+    assert result.meta["salient_relevance"]["conv2"].isfinite().all()
+
 def test_meta_gap_per_checkpoint(model, probes, train_probes) -> None:
     other = TinyVOCNet().double().eval()
     result = A.meta_gap([(0, other), (3, model)], train_probes, probes, ["conv1", "conv2"], meta_lr=1e-9)
