@@ -38,7 +38,6 @@ from saliency_monitor.render import save_png  # noqa: E402
 
 NUM_CLASSES = len(VOC_CLASSES)
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "saliency-monitor"
-SUMMARY_METHOD = "norm_grad_selective"
 
 
 class VOCClassifier(pl.LightningModule):
@@ -110,18 +109,18 @@ def build_model(arch: str, weights: str | None) -> torch.nn.Module:
 class Summary(pl.Callback):
     """Collects train/val mAP and the main saliency metrics after each monitor evaluation."""
 
-    KEYS = {
-        "train mAP": "train/mAP",
-        "val mAP": "val/mAP",
-        "meta corr train": f"saliency/train/meta_correlation/{SUMMARY_METHOD}/combined",
-        "meta corr val": f"saliency/val/meta_correlation/{SUMMARY_METHOD}/combined",
-        "gap": f"saliency/meta_correlation_gap/{SUMMARY_METHOD}/combined",
-        "gap stderr": f"saliency/meta_correlation_gap_stderr/{SUMMARY_METHOD}/combined",
-        "class sens. val": f"saliency/val/class_sensitivity/{SUMMARY_METHOD}/combined",
-        "pointing val": f"saliency/val/pointing_game/{SUMMARY_METHOD}/combined",
-    }
-
-    def __init__(self) -> None:
+    def __init__(self, method: str) -> None:
+        """``method``: the saliency method whose combined-map metrics the table shows."""
+        self.keys = {
+            "train mAP": "train/mAP",
+            "val mAP": "val/mAP",
+            "meta corr train": f"saliency/train/meta_correlation/{method}/combined",
+            "meta corr val": f"saliency/val/meta_correlation/{method}/combined",
+            "gap": f"saliency/meta_correlation_gap/{method}/combined",
+            "gap stderr": f"saliency/meta_correlation_gap_stderr/{method}/combined",
+            "class sens. val": f"saliency/val/class_sensitivity/{method}/combined",
+            "pointing val": f"saliency/val/pointing_game/{method}/combined",
+        }
         self.rows: list[dict[str, float]] = []
         self._last: object = None
 
@@ -132,7 +131,7 @@ class Summary(pl.Callback):
             return
         self._last = stamp
         row = {"epoch": epoch, "step": trainer.global_step}
-        row.update({name: float(metrics[key]) if key in metrics else math.nan for name, key in self.KEYS.items()})
+        row.update({name: float(metrics[key]) if key in metrics else math.nan for name, key in self.keys.items()})
         self.rows.append(row)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -142,7 +141,7 @@ class Summary(pl.Callback):
         self._record(trainer, str(trainer.current_epoch + 1))
 
     def table(self) -> str:
-        columns = ["epoch", "step", *self.KEYS]
+        columns = ["epoch", "step", *self.keys]
         cells = [columns] + [[_fmt(row[c]) for c in columns] for row in self.rows]
         widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
         return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells)
@@ -276,7 +275,7 @@ def main(argv: list[str] | None = None) -> Result:
         every_n_epochs=args.every_n_epochs, meta_lr=args.meta_lr, methods=args.methods,
         num_logged_images=args.num_logged_images, class_names=VOC_CLASSES,
     )
-    summary = Summary()
+    summary = Summary(args.methods[0])
     trainer = pl.Trainer(
         max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=logger,
         callbacks=[monitor, summary, *([EpochCheckpoints(args.checkpoint_dir)] if args.checkpoint_dir else [])],
@@ -291,7 +290,7 @@ def main(argv: list[str] | None = None) -> Result:
     import wandb
 
     wandb.finish()
-    print("\nPer evaluation (saliency: " + SUMMARY_METHOD + ", combined map):")
+    print(f"\nPer evaluation (saliency: {args.methods[0]}, combined map):")
     print(summary.table())
     if args.voc_root is None:  # small synthetic set: cheap to read its labels again
         prevalence = torch.cat([multi_hot([t]) for _, t in data.val_dataset]).mean(0)

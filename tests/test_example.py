@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import torch
@@ -46,6 +47,23 @@ def test_offline_default_runs_end_to_end(wandb_env, capsys) -> None:
     assert len(table["data"]) == 3 and all(row[2] in open_classes() for row in table["data"])
     assert np.asarray(Image.open(wandb_env / "picture.png")).std() > 20
 
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_relevance_methods_on_the_example_resnet(wandb_env, capsys) -> None:
+    """LRP with the ResNet canonizer on the example's LightningModule (a deep copy per call), meta included."""
+    from examples.voc_finetune import main
+
+    summary, _, monitor, _ = main([
+        "--data-dir", str(wandb_env / "voc"), "--synthetic-sizes", "12", "8", "16", "--image-size", "32",
+        "--epochs", "1", "--every-n-epochs", "1", "--batch-size", "8", "--num-train-probes", "2", "--num-val-probes", "2",
+        "--methods", "salient_relevance", "lrp", "--wandb-dir", str(wandb_env / "runs"),
+        "--picture", str(wandb_env / "picture.png"),
+    ])
+    assert "Per evaluation (saliency: salient_relevance, combined map)" in capsys.readouterr().out
+    last = summary.rows[-1]
+    assert all(math.isfinite(last[key]) for key in ("meta corr train", "meta corr val", "class sens. val"))
+    assert monitor.state_dict()["evaluations"] == 2
 
 def open_classes() -> set[str]:
     from examples.voc_data import VOC_CLASSES
