@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .metrics import _describe, _normalize_size, _resize
+from .metrics import _describe, _normalize_size, minmax_normalize, resize_maps
 
 __all__ = [
     "COMBINATIONS",
@@ -268,14 +268,6 @@ def _check_fit(fit: object, count: int) -> Tensor:
 # --------------------------------------------------------------------------- combination
 
 
-def minmax_normalize(maps: Tensor) -> Tensor:
-    """(m − min) / (max − min) over the last two dims of (..., h, w); a constant map -> 0 (a map
-    holding NaN stays NaN)."""
-    low = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - low
-    return torch.where(span == 0, 0, (maps - low) / torch.where(span == 0, 1, span))
-
-
 def combine_maps(
     maps: Sequence[Tensor] | Mapping[str, Tensor],
     weights: Tensor | Sequence[float] | Mapping[str, float] | None = None,
@@ -322,7 +314,7 @@ def combine_maps(
         dtype = torch.promote_types(dtype, t.dtype)
     combined = None
     for g, m in zip(gamma.tolist(), tensors):
-        m = minmax_normalize(_resize(m.to(dtype), target))
+        m = minmax_normalize(resize_maps(m.to(dtype), target))
         term = g * m if mode == "sum" else m.pow(g)
         combined = term if combined is None else (combined + term if mode == "sum" else combined * term)
     return combined

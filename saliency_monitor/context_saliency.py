@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .metrics import minmax_normalize, resize_maps
+
 __all__ = ["context_aware_saliency"]
 
 _CHUNK_ELEMENTS = {"cpu": 1 << 19, "default": 1 << 24}
@@ -108,10 +110,10 @@ def context_aware_saliency(
     shapes = [_scale_shape(height, width, r, patch_size, size) for r in scales]
     if maps.shape[0] == 0:
         return torch.zeros(0, height, width, dtype=torch.float32, device=maps.device)
-    image = _normalize_planes(_resize(maps.to(dtype), (height, width)))
+    image = minmax_normalize(resize_maps(maps.to(dtype), (height, width), antialias=True))
     per_scale = []
     for shape in shapes:
-        scaled = image if shape == (height, width) else _resize(image, shape)
+        scaled = image if shape == (height, width) else resize_maps(image, shape, antialias=True)
         grid = _scale_saliency(scaled, patch_size, k, c, query_scales)
         per_scale.append(F.interpolate(grid[:, None], size=(height, width), mode="bilinear", align_corners=False))
     mean = torch.cat(per_scale, dim=1).mean(dim=1)  # Eq. 4
@@ -159,7 +161,7 @@ def _candidates(
             self_offset = offset
             block, block_centre = patches, centres
         else:
-            block, block_centre, _ = _patches(_resize(image, shape), patch_size, stride, (height, width))
+            block, block_centre, _ = _patches(resize_maps(image, shape, antialias=True), patch_size, stride, (height, width))
         blocks.append(block)
         block_centres.append(block_centre)
         offset += block.shape[1]
@@ -342,21 +344,6 @@ def _scale_shape(height: int, width: int, factor: float, patch_size: int, size: 
             f"`size` (got {size}) or the smallest of `scales`."
         )
     return shape
-
-
-def _resize(x: Tensor, shape: tuple[int, int]) -> Tensor:
-    """Bilinear (align_corners=False) resize of (B, C, h, w), antialiased when shrinking."""
-    if tuple(x.shape[-2:]) == shape:
-        return x
-    shrink = shape[0] < x.shape[-2] or shape[1] < x.shape[-1]
-    return F.interpolate(x, size=shape, mode="bilinear", align_corners=False, antialias=shrink)
-
-
-def _normalize_planes(x: Tensor) -> Tensor:
-    """Min-max normalise each (image, channel) plane to [0, 1]; a constant plane becomes 0."""
-    low = x.amin(dim=(-2, -1), keepdim=True)
-    span = x.amax(dim=(-2, -1), keepdim=True) - low
-    return torch.where(span > 0, (x - low) / torch.where(span > 0, span, 1), 0)
 
 
 def _divide_by_max(x: Tensor) -> Tensor:

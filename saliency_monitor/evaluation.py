@@ -36,7 +36,9 @@ from .combine import COMBINATIONS, combine_maps, layer_weights
 from .layers import eval_mode
 from .smooth import smoothing
 from .meta import TASKS
-from .metrics import class_sensitivity, drift, map_correlation, pointing_hits, structural_similarity, total_variation
+from .metrics import (
+    class_sensitivity, drift, map_correlation, pointing_hits, resize_maps, structural_similarity, total_variation,
+)
 from .probes import ProbeBatch
 from .saliency import DEFAULT_CONTEXT_SIZE, SaliencyMaps, compute_saliency
 
@@ -194,7 +196,7 @@ def evaluate_probes(
     if "salient_relevance" in plain:
         for layer, detected in plain["salient_relevance"].items():
             values[f"relevance_ssim/salient_relevance/{layer}"] = structural_similarity(
-                _at_size(plain["lrp"][layer][:, LABEL], size), _at_size(detected[:, LABEL], size)
+                resize_maps(plain["lrp"][layer][:, LABEL], size), resize_maps(detected[:, LABEL], size)
             )
     for key in values:  # a probe whose maps overflowed has no value, whatever the metric made of them
         metric, method, layer = key.split("/", 2)
@@ -301,13 +303,6 @@ def _with_combined(maps: SaliencyMaps, settings: EvaluationSettings, size: tuple
         method: {**per_layer, COMBINED: combine_maps(per_layer, weights.tolist(), size=size, mode=settings.combine_mode)}
         for method, per_layer in maps.items()
     }
-
-
-def _at_size(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """(N, h, w) -> (N, H, W), bilinear."""
-    if tuple(maps.shape[-2:]) == size:
-        return maps
-    return torch.nn.functional.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def _without(table: dict, method: str) -> dict:

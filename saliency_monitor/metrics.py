@@ -32,10 +32,12 @@ __all__ = [
     "map_correlation",
     "max_min_targets",
     "meta_correlation",
+    "minmax_normalize",
     "pointing_game",
     "pointing_hits",
     "rank_correlation",
     "rank_data",
+    "resize_maps",
     "structural_similarity",
     "total_variation",
     "voc_boxes_to_masks",
@@ -219,7 +221,7 @@ def map_correlation(a: Tensor, b: Tensor, size: int | tuple[int, int] | None) ->
         )
     target = _normalize_size(size)
     if target is not None:
-        a, b = _resize(a, target), _resize(b, target)
+        a, b = resize_maps(a, target), resize_maps(b, target)
     lead = a.shape[:-2]
     return rank_correlation(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])).view(lead)
 
@@ -277,13 +279,23 @@ def _normalize_size(size: object, name: str = "size") -> tuple[int, int] | None:
     raise ValueError(f"Expected `{name}` to be None, a positive int or (h, w), but got {size!r}.")
 
 
-def _resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear (align_corners=False) resize of the last two dims of (..., h, w)."""
+def minmax_normalize(maps: Tensor) -> Tensor:
+    """(m − min) / (max − min) over the last two dims of (..., h, w); a constant map -> 0 (a map
+    holding NaN stays NaN)."""
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    return torch.where(span == 0, 0, (maps - low) / torch.where(span == 0, 1, span))
+
+
+def resize_maps(maps: Tensor, size: tuple[int, int], *, antialias: bool = False) -> Tensor:
+    """Bilinear (align_corners=False) resize of the last two dims of (..., h, w); with
+    ``antialias``, antialiased when it shrinks either side."""
     if tuple(maps.shape[-2:]) == size:
         return maps
     flat = maps.reshape(-1, 1, *maps.shape[-2:])
     dtype = flat.dtype if flat.dtype in (torch.float32, torch.float64) else torch.float32
-    resized = F.interpolate(flat.to(dtype), size=size, mode="bilinear", align_corners=False)
+    shrink = antialias and (size[0] < maps.shape[-2] or size[1] < maps.shape[-1])
+    resized = F.interpolate(flat.to(dtype), size=size, mode="bilinear", align_corners=False, antialias=shrink)
     return resized.view(*maps.shape[:-2], *size)
 
 
@@ -407,7 +419,7 @@ def pointing_hits(maps: Tensor, masks: Tensor, tolerance: float = 15) -> Tensor:
     tolerance = _check_tolerance(tolerance)
     height, width = masks.shape[1:]
     masks = masks.to(maps.device)
-    point = _resize(maps, (height, width)).flatten(1).argmax(dim=1)
+    point = resize_maps(maps, (height, width)).flatten(1).argmax(dim=1)
     py, px = point // width, point % width
     dy = (torch.arange(height, device=maps.device) - py[:, None]).double().square()
     dx = (torch.arange(width, device=maps.device) - px[:, None]).double().square()
@@ -581,7 +593,7 @@ def structural_similarity(a: Tensor, b: Tensor, *, normalize: bool = True) -> Te
             f"shape {tuple(a.shape)}."
         )
     if normalize:
-        x, y = _min_max(x), _min_max(y)
+        x, y = minmax_normalize(x), minmax_normalize(y)
     else:
         _check_unit_range(x, "a")
         _check_unit_range(y, "b")
@@ -605,13 +617,6 @@ def _ssim_operand(maps: object, name: str) -> Tensor:
     if maps.ndim != 4 or maps.shape[1] != 1:
         raise ValueError(f"Expected `{name}` of shape (N, h, w) or (N, 1, h, w), but got shape {tuple(maps.shape)}.")
     return maps.detach().double()
-
-
-def _min_max(x: Tensor) -> Tensor:
-    """Each (N, 1, h, w) map to [0, 1]; a constant map becomes zeros (NaN stays NaN)."""
-    low = x.amin(dim=(-2, -1), keepdim=True)
-    span = x.amax(dim=(-2, -1), keepdim=True) - low
-    return torch.where(span == 0, 0.0, (x - low) / torch.where(span == 0, 1.0, span))
 
 
 def _check_unit_range(x: Tensor, name: str) -> None:

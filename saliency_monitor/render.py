@@ -36,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
+
+from .metrics import resize_maps
 
 __all__ = [
     "COLORMAPS",
@@ -418,11 +419,7 @@ def _row_tiles(row: GridRow, i: int, tile: int, colormap: str, alpha: float) -> 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear (N, C, h, w) -> (N, C, *size) in float64; antialiased only when shrinking."""
-    x = x.detach().to("cpu", torch.float64)
-    if tuple(x.shape[-2:]) == size:
-        return x
-    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    return resize_maps(x.detach().to("cpu", torch.float64), size, antialias=True)
 
 
 # --------------------------------------------------------------------------- text
