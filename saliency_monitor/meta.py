@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,8 @@ from torch.func import functional_call
 
 from .extract import Extraction, _check_logits, _check_targets_range, extract
 from .layers import eval_mode
+
+R = TypeVar("R")
 
 DEFAULT_META_LR = 0.002
 """The paper's ε = 0.001 (§4.4) as an SGD learning rate: lr = 2ε."""
@@ -93,6 +96,36 @@ def stepped_parameters(
         yield theta
 
 
+def meta_per_target(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    compute: Callable[[Tensor, Tensor, dict[str, Tensor]], R],
+    *,
+    lr: float,
+    task: str,
+    names: Sequence[str],
+    output_to_logits: Callable[[object], Tensor] | None = None,
+) -> Iterator[tuple[int, R]]:
+    """For every image b and target index t, ``compute(image, target, θ'_{b,t})``.
+
+    ``image`` is (1, C, H, W), ``target`` (1, 1). Yields (b, result) in (b, t) order. Runs one
+    (image, target) at a time: a forward of the image at θ gives all its targets' θ'
+    (shared); a class repeated in an image's targets (e.g. the label class is also the
+    max-predicted class) is computed once. Eval mode, gradients enabled, inference mode off.
+    """
+    with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+        images, targets = images.detach().clone(), targets.clone()
+        for b in range(images.shape[0]):
+            image = images[b : b + 1]
+            classes = list(dict.fromkeys(targets[b].tolist()))
+            unique = torch.tensor(classes, dtype=targets.dtype, device=targets.device)
+            steps = stepped_parameters(model, image, unique, lr, task, names, output_to_logits)
+            done = {c: compute(image, unique[i].view(1, 1), theta) for i, (c, theta) in enumerate(zip(classes, steps))}
+            for c in targets[b].tolist():
+                yield b, done[c]
+
+
 def meta_extract(
     model: nn.Module,
     images: Tensor,
@@ -106,27 +139,15 @@ def meta_extract(
     output_to_logits: Callable[[object], Tensor] | None = None,
     smooth: str | None = None,
 ) -> Iterator[tuple[int, Extraction]]:
-    """For every image b and target index t, the extraction of ``targets[b, t]`` at θ'_{b,t}.
+    """For every image b and target index t, the extraction of ``targets[b, t]`` at θ'_{b,t}
+    (one forward and one activation backward at each θ', see :func:`meta_per_target`).
+    Yields (b, extraction with B = T = 1) in (b, t) order."""
 
-    Yields (b, extraction with B = T = 1) in (b, t) order. Runs one (image, target) at a time: a forward
-    of the image at θ to get all its targets' θ' (shared), then one forward and one
-    activation backward at each θ'. A class repeated in an image's targets (e.g. the label
-    class is also the max-predicted class) is computed once.
-    """
-    with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
-        images, targets = images.detach().clone(), targets.clone()
-        for b in range(images.shape[0]):
-            image = images[b : b + 1]
-            classes = list(dict.fromkeys(targets[b].tolist()))
-            unique = torch.tensor(classes, dtype=targets.dtype, device=targets.device)
-            steps = stepped_parameters(model, image, unique, lr, task, names, output_to_logits)
-            done = {
-                c: extract(
-                    model, image, unique[i].view(1, 1), layers,
-                    keep_inputs=keep_inputs, forward=partial(functional_call, model, theta),
-                    output_to_logits=output_to_logits, smooth=smooth,
-                )
-                for i, (c, theta) in enumerate(zip(classes, steps))
-            }
-            for c in targets[b].tolist():
-                yield b, done[c]
+    def at_theta(image: Tensor, target: Tensor, theta: dict[str, Tensor]) -> Extraction:
+        return extract(
+            model, image, target, layers, keep_inputs=keep_inputs, forward=partial(functional_call, model, theta),
+            output_to_logits=output_to_logits, smooth=smooth,
+        )
+
+    return meta_per_target(model, images, targets, at_theta, lr=lr, task=task, names=names,
+                           output_to_logits=output_to_logits)

@@ -11,8 +11,7 @@ from torch import Tensor, nn
 from .aggregate import AGGREGATIONS, EXTRACTS, NAMED_METHODS, Method, parse_method
 from .context_saliency import context_aware_saliency
 from .extract import Extraction, extract
-from .layers import eval_mode
-from .meta import meta_extract, stepped_parameters, validate_meta
+from .meta import meta_extract, meta_per_target, validate_meta
 from .metrics import _normalize_size
 from .relevance import RelevanceModel, check_composite
 from .smooth import check_smooth
@@ -155,18 +154,15 @@ def _meta_relevance(
     names: list[str], *, lr: float, task: str, output_to_logits: Callable[[object], Tensor] | None,
 ) -> dict[str, Tensor]:
     """LRP maps of every (image, target) at its own θ' (§4.4), as :func:`meta_extract` does for gradients."""
-    rows: list[list[dict[str, Tensor]]] = []
-    with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
-        for b in range(images.shape[0]):
-            image = images[b : b + 1].detach()
-            classes = list(dict.fromkeys(targets[b].tolist()))
-            unique = torch.tensor(classes, dtype=targets.dtype, device=targets.device)
-            steps = stepped_parameters(model, image, unique, lr, task, names, output_to_logits)
-            done = {}
-            for i, theta in enumerate(steps):
-                with relevance_model.at(theta):
-                    done[classes[i]] = relevance_model.maps(image, unique[i].view(1, 1), layers)
-            rows.append([done[c] for c in targets[b].tolist()])
+
+    def at_theta(image: Tensor, target: Tensor, theta: dict[str, Tensor]) -> dict[str, Tensor]:
+        with relevance_model.at(theta):
+            return relevance_model.maps(image, target, layers)
+
+    rows: list[list[dict[str, Tensor]]] = [[] for _ in range(images.shape[0])]
+    for b, maps in meta_per_target(model, images, targets, at_theta, lr=lr, task=task, names=names,
+                                   output_to_logits=output_to_logits):
+        rows[b].append(maps)
     return {name: torch.cat([torch.cat([m[name] for m in row], 1) for row in rows]) for name in layers}
 
 
