@@ -307,3 +307,13 @@ def test_salient_relevance_of_a_non_finite_relevance_map_is_nan() -> None:
     assert detected[1, 0].isnan().all()
     assert detected[[0, 0, 1], [0, 1, 1]].isfinite().all()
     torch.testing.assert_close(detected[0, 1], context_aware_saliency(relevance[0, 1][None, None], size=32)[0])
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_gamma_box"])
+def test_a_map_does_not_depend_on_the_other_images_of_its_batch(composite: str) -> None:
+    model = tiny_resnet().float()
+    images = torch.randn(3, 3, 32, 32)
+    images[2] *= 5  # widens the batch's value range
+    together = lrp_maps(model, images, torch.tensor([[1], [2], [0]]), ["input"], composite=composite)["input"]
+    alone = lrp_maps(model, images[:1], torch.tensor([[1]]), ["input"], composite=composite)["input"]
+    torch.testing.assert_close(together[:1], alone, rtol=1e-4, atol=1e-7)
