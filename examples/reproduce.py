@@ -50,7 +50,7 @@ from examples.voc_data import (  # noqa: E402
     IMAGE_SETS, IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES, VOCClassification, collate,
 )
 from saliency_monitor import default_layers  # noqa: E402
-from saliency_monitor.evaluation import model_logits  # noqa: E402
+from saliency_monitor.evaluation import mean_stderr, model_logits  # noqa: E402
 from saliency_monitor.probes import ProbeBatch, parse_batch  # noqa: E402
 from saliency_monitor.saliency import check_method  # noqa: E402
 from saliency_monitor.sanity import BATCHNORM_MODES  # noqa: E402
@@ -544,7 +544,7 @@ def write_identity(result: A.IdentityResult, out: Path, setting: Setting) -> Rep
     rows, means = [], {}
     deltas = []
     for layer in result.layers:
-        mean, se, n = A.mean_se(result.correlations[layer])
+        mean, se, n = mean_stderr(result.correlations[layer])
         means[layer] = mean
         row = [f"`{layer}`", "×".join(map(str, result.kernels[layer])) or "-",
                "×".join(map(str, result.map_sizes.get(layer, ()))) or "-", _pm(mean, se), str(n)]
@@ -583,7 +583,7 @@ def write_identity(result: A.IdentityResult, out: Path, setting: Setting) -> Rep
         fig, axes = plt.subplots(1 + (result.pointing is not None), 1, figsize=(max(6, 0.45 * len(rows)), 6.5),
                                  squeeze=False)
         x = range(len(result.layers))
-        stats = [A.mean_se(result.correlations[k]) for k in result.layers]
+        stats = [mean_stderr(result.correlations[k]) for k in result.layers]
         axes[0, 0].bar(x, [s[0] for s in stats], yerr=[s[1] for s in stats], color="tab:blue")
         axes[0, 0].axhline(0.94, color="k", ls="--", lw=1, label="paper's lowest (0.94)")
         axes[0, 0].set(ylabel="Spearman ρ", title="NormGrad with vs without the identity trick", ylim=(0, 1.05))
@@ -710,7 +710,7 @@ def write_class_sensitivity(result: A.ClassSensitivityResult, out: Path, setting
     rows = []
     for method in result.methods:
         for layer in result.layers:
-            p, m = A.mean_se(result.plain[method][layer]), A.mean_se(result.meta[method][layer])
+            p, m = mean_stderr(result.plain[method][layer]), mean_stderr(result.meta[method][layer])
             rows.append([method, f"`{layer}`", _pm(p[0], p[1]), _pm(m[0], m[1]), str(p[2])])
     body = [
         "Spearman ρ between the maps of each image's max- and min-predicted class (near 0 is good), without and "
@@ -721,7 +721,7 @@ def write_class_sensitivity(result: A.ClassSensitivityResult, out: Path, setting
         "approximation, Grad-CAM) are negative (anti-correlated max/min maps), excitation and guided backprop "
         "near 1; Fig. 7: meta-saliency weakens the max-min correlation for nearly all methods and layers.",
     ]
-    means = {(m, layer, kind): A.mean_se(table[m][layer])[0] for m in result.methods for layer in result.layers
+    means = {(m, layer, kind): mean_stderr(table[m][layer])[0] for m in result.methods for layer in result.layers
              for kind, table in (("plain", result.plain), ("meta", result.meta))}
     pairs = [(m, layer) for m in result.methods for layer in result.layers
              if not (math.isnan(means[m, layer, "plain"]) or math.isnan(means[m, layer, "meta"]))]
@@ -741,7 +741,7 @@ def write_class_sensitivity(result: A.ClassSensitivityResult, out: Path, setting
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
         for ax, table, title in ((axes[0], result.plain, "plain (Fig. 6)"), (axes[1], result.meta, "meta (Fig. 7)")):
             for method in result.methods:
-                stats = [A.mean_se(table[method][layer]) for layer in result.layers]
+                stats = [mean_stderr(table[method][layer]) for layer in result.layers]
                 ax.errorbar(range(len(stats)), [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o",
                             capsize=2, label=method)
             ax.axhline(0, color="k", lw=0.8)
@@ -761,14 +761,14 @@ def write_meta_gap(result: A.MetaGapResult, out: Path, setting: Setting) -> Repo
     rows = []
     for method in result.methods:
         for e, epoch in enumerate(result.epochs):
-            t, v = A.mean_se(result.train[method][A.COMBINED][e]), A.mean_se(result.val[method][A.COMBINED][e])
+            t, v = mean_stderr(result.train[method][A.COMBINED][e]), mean_stderr(result.val[method][A.COMBINED][e])
             rows.append([method, str(epoch), _pm(t[0], t[1]), _pm(v[0], v[1]),
                          _pm(t[0] - v[0], math.hypot(t[1], v[1])), f"{t[2]} / {v[2]}"])
     last = len(result.epochs) - 1
     layer_rows = []
     for method in result.methods:
         for layer in result.layers:
-            t, v = A.mean_se(result.train[method][layer][last]), A.mean_se(result.val[method][layer][last])
+            t, v = mean_stderr(result.train[method][layer][last]), mean_stderr(result.val[method][layer][last])
             layer_rows.append([method, f"`{layer}`", _pm(t[0], t[1]), _pm(v[0], v[1]),
                                _pm(t[0] - v[0], math.hypot(t[1], v[1]))])
     body = [
@@ -784,10 +784,10 @@ def write_meta_gap(result: A.MetaGapResult, out: Path, setting: Setting) -> Repo
     ]
     parts = []
     for method in result.methods:
-        gaps = [A.mean_se(result.train[method][A.COMBINED][e])[0] - A.mean_se(result.val[method][A.COMBINED][e])[0]
+        gaps = [mean_stderr(result.train[method][A.COMBINED][e])[0] - mean_stderr(result.val[method][A.COMBINED][e])[0]
                 for e in range(len(result.epochs))]
         trained = [g for epoch, g in zip(result.epochs, gaps) if epoch > 0] or gaps
-        t, v = A.mean_se(result.train[method][A.COMBINED][last]), A.mean_se(result.val[method][A.COMBINED][last])
+        t, v = mean_stderr(result.train[method][A.COMBINED][last]), mean_stderr(result.val[method][A.COMBINED][last])
         se = math.hypot(t[1], v[1])
         positive = sum(g > 0 for g in trained)
         holds = positive >= 0.75 * len(trained) and gaps[-1] > 2 * se
@@ -801,7 +801,7 @@ def write_meta_gap(result: A.MetaGapResult, out: Path, setting: Setting) -> Repo
         fig, axes = plt.subplots(1, len(result.methods), figsize=(5.5 * len(result.methods), 4), squeeze=False)
         for ax, method in zip(axes[0], result.methods):
             for split, table in (("train", result.train), ("val", result.val)):
-                stats = [A.mean_se(row) for row in table[method][A.COMBINED]]
+                stats = [mean_stderr(row) for row in table[method][A.COMBINED]]
                 mean = torch.tensor([s[0] for s in stats])
                 se = torch.tensor([s[1] for s in stats]).nan_to_num(0)
                 ax.plot(result.epochs, mean, marker="o", label=split)
@@ -830,7 +830,7 @@ def write_randomization(analysis: A.RandomizationAnalysis, out: Path, setting: S
     for layer in analysis.layers:
         rows = []
         for s, step in enumerate(result.steps):
-            stats = [A.mean_se(result.correlations[k][layer][s]) for k in keys]
+            stats = [mean_stderr(result.correlations[k][layer][s]) for k in keys]
             rows.append([str(s), f"`{step}`", *(_pm(m, se, digits=2) for m, se, _ in stats)])
         body += [f"## Layer `{layer}` (N = {result.targets.numel()} images)", "",
                  _md_table(["step", "last randomised", *keys], rows), ""]

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from saliency_monitor import compute_saliency
 from saliency_monitor.combine import COMBINATIONS, WEIGHTINGS, combine_maps, layer_weights
-from saliency_monitor.evaluation import model_logits
+from saliency_monitor.evaluation import label_max_min_targets, model_logits, probe_chunks
 from saliency_monitor.layers import INPUT, eval_mode
 from saliency_monitor.metrics import (
     PointingGameResult,
@@ -109,7 +109,7 @@ def identity_check(
     correlations: dict[str, list[Tensor]] = {layer: [] for layer in layers}
     pointing: dict[str, dict[str, PointingGameResult]] = {m: {} for m in IDENTITY_METHODS}
     map_sizes: dict[str, tuple[int, int]] = {}
-    for chunk, images in _chunks(model, probes, batch_size):
+    for chunk, images in probe_chunks(model, probes, batch_size):
         predicted = model_logits(model, images).argmax(dim=1, keepdim=True)
         pairs, valid = _present_targets(chunk) if with_boxes else (predicted.cpu(), None)
         targets = torch.cat([predicted, pairs.to(predicted.device)], dim=1) if with_boxes else predicted
@@ -197,7 +197,7 @@ def layer_combination(
     scores: dict[str, dict[str, dict[str, PointingGameResult]]] = {m: {} for m in methods}
     hits: dict[str, dict[str, list[Tensor]]] = {m: {} for m in methods}
     classes, difficult = [], []
-    for chunk, images in _chunks(model, probes, batch_size):
+    for chunk, images in probe_chunks(model, probes, batch_size):
         targets, valid = _present_targets(chunk)
         masks = chunk.class_masks(num_classes)
         maps = compute_saliency(model, images, targets.to(images.device), layers, list(methods))
@@ -253,7 +253,7 @@ def layer_features(
         for layer in layers:
             if layer != INPUT:
                 handles.append(modules[layer].register_forward_hook(hook(layer)))
-        for _chunk, images in _chunks(model, probes, batch_size):
+        for _chunk, images in probe_chunks(model, probes, batch_size):
             if INPUT in pooled:
                 pooled[INPUT].append(images.float().mean(dim=(2, 3)).cpu())
             with torch.no_grad(), eval_mode(model):
@@ -289,7 +289,7 @@ def class_sensitivity_analysis(
     size = tuple(probes.images.shape[-2:])
     plain: dict[str, dict[str, list[Tensor]]] = {m: {layer: [] for layer in layers} for m in methods}
     meta: dict[str, dict[str, list[Tensor]]] = {m: {layer: [] for layer in layers} for m in methods}
-    for chunk, images in _chunks(model, probes, batch_size):
+    for chunk, images in probe_chunks(model, probes, batch_size):
         targets = max_min_targets(model_logits(model, images))
         for table, lr in ((plain, None), (meta, meta_lr)):
             maps = compute_saliency(model, images, targets, list(layers), list(methods), meta_lr=lr, task=chunk.task)
@@ -347,7 +347,7 @@ def _meta_correlations(
 ) -> dict[str, dict[str, Tensor]]:
     size = tuple(probes.images.shape[-2:])
     out: dict[str, dict[str, list[Tensor]]] = {m: {n: [] for n in (*layers, COMBINED)} for m in methods}
-    for chunk, images in _chunks(model, probes, batch_size):
+    for chunk, images in probe_chunks(model, probes, batch_size):
         targets = label_targets(model_logits(model, images), chunk)
         plain = compute_saliency(model, images, targets, layers, methods)
         meta = compute_saliency(model, images, targets, layers, methods, meta_lr=meta_lr, task=chunk.task)
@@ -361,8 +361,7 @@ def _meta_correlations(
 
 def label_targets(logits: Tensor, probes: ProbeBatch) -> Tensor:
     """(B, 1) each image's label class: of its classes, the one with the highest logit."""
-    labels = probes.label_matrix(logits.shape[1]).to(logits.device).bool()
-    return torch.where(labels, logits, -math.inf).argmax(dim=1, keepdim=True)
+    return label_max_min_targets(logits, probes, probes.task)[0][:, :1]
 
 
 # --------------------------------------------------------------------------- randomization (§4.5)
@@ -383,8 +382,7 @@ def randomization(
 ) -> RandomizationAnalysis:
     """Cascading randomisation (:func:`saliency_monitor.sanity.cascading_randomization`) of maps of
     each image's max-predicted class (by the trained model), plain and meta."""
-    device = _device(model)
-    images = probes.images.to(device=device, dtype=_dtype(model))
+    ((_, images),) = probe_chunks(model, probes, len(probes))
     targets = model_logits(model, images).argmax(dim=1)
     result = cascading_randomization(
         model, images, targets, layer=list(layers), method=list(methods), meta_lr=meta_lr, seed=seed,
@@ -394,14 +392,6 @@ def randomization(
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def mean_se(values: Tensor) -> tuple[float, float, int]:
-    """(mean, standard error = sample std / √n, n) over the finite entries; NaN when undefined."""
-    finite = values[~values.isnan()].double()
-    n = finite.numel()
-    mean = float(finite.mean()) if n else math.nan
-    return mean, float(finite.std() / math.sqrt(n)) if n > 1 else math.nan, n
 
 
 def pointing_se(result: PointingGameResult) -> float:
@@ -428,24 +418,6 @@ def _class_mean_se(values: Tensor, classes: Tensor) -> float:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _chunks(model: nn.Module, probes: ProbeBatch, batch_size: int) -> Iterator[tuple[ProbeBatch, Tensor]]:
-    """(chunk, its images on the model's device and dtype) for consecutive chunks of ``probes``."""
-    device, dtype = _device(model), _dtype(model)
-    for start in range(0, len(probes), batch_size):
-        chunk = probes.select(range(start, min(start + batch_size, len(probes))))
-        yield chunk, chunk.images.to(device=device, dtype=dtype)
-
-
-def _device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def _dtype(model: nn.Module) -> torch.dtype:
-    parameter = next(model.parameters(), None)
-    return parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
 
 
 def _present_targets(probes: ProbeBatch) -> tuple[Tensor, Tensor]:

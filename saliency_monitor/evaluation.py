@@ -26,7 +26,7 @@ math: no Lightning, no logging.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -140,18 +140,13 @@ def evaluate_probes(
     a probe whose label class changed since then (multilabel) gets NaN drift. ``progress``
     is called with the number of probes done after each chunk of ``settings.batch_size``.
     """
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
     size = tuple(probes.images.shape[-2:])
     plain_parts: list[SaliencyMaps] = []
     meta_parts: list[SaliencyMaps] = []
     target_parts: list[Tensor] = []
     probability_parts: list[Tensor] = []
     difference_parts: list[Tensor] = []
-    for start in range(0, len(probes), settings.batch_size):
-        chunk = probes.select(range(start, min(start + settings.batch_size, len(probes))))
-        images = chunk.images.to(device=device, dtype=dtype)
+    for chunk, images in probe_chunks(model, probes, settings.batch_size):
         logits = model_logits(model, images, settings.output_to_logits)
         targets, probabilities = label_max_min_targets(logits, chunk, settings.task)
         common = dict(layers=list(settings.layers), methods=list(settings.computed_methods),
@@ -229,17 +224,30 @@ def summarize(values: Mapping[str, Tensor]) -> dict[str, tuple[float, float, int
 
     The standard error is the sample standard deviation / √count (NaN for count < 2).
     """
-    summary = {}
-    for key, per_probe in values.items():
-        finite = per_probe[~per_probe.isnan()].double()
-        count = finite.numel()
-        mean = float(finite.mean()) if count else math.nan
-        stderr = float(finite.std() / math.sqrt(count)) if count > 1 else math.nan
-        summary[key] = (mean, stderr, count)
-    return summary
+    return {key: mean_stderr(per_probe) for key, per_probe in values.items()}
+
+
+def mean_stderr(values: Tensor) -> tuple[float, float, int]:
+    """(mean, standard error = sample std / √count, count) over the non-NaN entries (NaN when undefined)."""
+    finite = values[~values.isnan()].double()
+    count = finite.numel()
+    mean = float(finite.mean()) if count else math.nan
+    stderr = float(finite.std() / math.sqrt(count)) if count > 1 else math.nan
+    return mean, stderr, count
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def probe_chunks(model: nn.Module, probes: ProbeBatch, batch_size: int) -> Iterator[tuple[ProbeBatch, Tensor]]:
+    """Consecutive chunks of ``batch_size`` probes, each with its images on the model's device and
+    floating dtype (CPU float32 for a model without parameters)."""
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+    for start in range(0, len(probes), batch_size):
+        chunk = probes.select(range(start, min(start + batch_size, len(probes))))
+        yield chunk, chunk.images.to(device=device, dtype=dtype)
 
 
 def model_logits(

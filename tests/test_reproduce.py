@@ -19,6 +19,7 @@ from examples import reproduce_analyses as A
 from examples.voc_data import generate_synthetic_voc
 from saliency_monitor import compute_saliency
 from saliency_monitor.combine import combine_maps
+from saliency_monitor.evaluation import mean_stderr
 from saliency_monitor.metrics import pointing_game
 from saliency_monitor.probes import ProbeBatch
 
@@ -292,5 +293,5 @@ def test_build_model_reads_state_dicts_and_lightning_checkpoints(tmp_path) -> No
 
 def test_scaled_tolerance_and_statistics() -> None:
     assert A.scaled_tolerance(224) == 15 and A.scaled_tolerance(64) == pytest.approx(4.2857, abs=1e-4)
-    mean, se, n = A.mean_se(torch.tensor([1.0, 2.0, 3.0, math.nan], dtype=torch.float64))
+    mean, se, n = mean_stderr(torch.tensor([1.0, 2.0, 3.0, math.nan], dtype=torch.float64))
     assert (mean, n) == (2.0, 3) and se == pytest.approx(1 / math.sqrt(3))
