@@ -33,8 +33,8 @@ import torchvision
 
 from _timing import measure_interleaved, print_table
 from saliency_monitor import compute_saliency
-from saliency_monitor.context_saliency import context_aware_saliency
-from saliency_monitor.relevance import lrp_maps
+from saliency_monitor.engine.context_saliency import context_aware_saliency
+from saliency_monitor.engine.relevance import lrp_maps
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,8 +30,8 @@ from _timing import print_table  # noqa: E402
 from examples.voc_finetune import main as finetune  # noqa: E402
 from saliency_monitor import compute_saliency, default_layers  # noqa: E402
 from saliency_monitor.metrics import map_correlation, total_variation  # noqa: E402
-from saliency_monitor.probes import parse_batch  # noqa: E402
-from saliency_monitor.smooth import smoothing  # noqa: E402
+from saliency_monitor.monitor.probes import parse_batch  # noqa: E402
+from saliency_monitor.engine.smoothing import smoothing  # noqa: E402
 
 METHODS = ["gradient", "linear_approx", "norm_grad_selective"]
 
@@ -73,7 +73,7 @@ def main() -> None:
         with smoothing(model, "forward"):
             differences["forward hook"] = float((model(images).sigmoid() - plain_p).abs().mean())
     if args.surrogate:
-        from saliency_monitor.surrogate import fit_bilinear_surrogate
+        from saliency_monitor.analysis.surrogate import fit_bilinear_surrogate
 
         fit_images = torch.cat([parse_batch(b).images for b in result.data.train_dataloader()])  # the 120 trainval
         surrogate, report = fit_bilinear_surrogate(model, fit_images, task="multilabel", epochs=40, lr=3e-3)

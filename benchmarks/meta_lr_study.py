@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from saliency_monitor import compute_saliency, default_layers
-from saliency_monitor.combine import combine_maps
+from saliency_monitor.metrics import combine_maps
 from saliency_monitor.metrics import class_sensitivity, max_min_targets, meta_correlation
 
 SIZE = 64

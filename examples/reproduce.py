@@ -50,10 +50,11 @@ from examples.voc_data import (  # noqa: E402
     IMAGE_SETS, IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES, VOCClassification, collate,
 )
 from saliency_monitor import default_layers  # noqa: E402
-from saliency_monitor.evaluation import mean_stderr, model_logits  # noqa: E402
-from saliency_monitor.probes import ProbeBatch, parse_batch  # noqa: E402
-from saliency_monitor.saliency import check_method  # noqa: E402
-from saliency_monitor.sanity import BATCHNORM_MODES  # noqa: E402
+from saliency_monitor.engine.model_io import model_logits  # noqa: E402
+from saliency_monitor.metrics import mean_stderr  # noqa: E402
+from saliency_monitor.monitor.probes import ProbeBatch, parse_batch  # noqa: E402
+from saliency_monitor.engine.methods import get_method  # noqa: E402
+from saliency_monitor.analysis.sanity import BATCHNORM_MODES  # noqa: E402
 
 ANALYSES = ("identity", "layers", "class-sensitivity", "meta-gap", "randomization")
 COMMANDS = (*ANALYSES, "all")
@@ -309,7 +310,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error("argument --methods: identity always compares norm_grad with norm_grad_conv")
         for method in args.methods:
             try:
-                check_method(method)
+                get_method(method)
             except (TypeError, ValueError) as error:
                 parser.error(f"argument --methods: {error}")
     try:

@@ -1,6 +1,6 @@
 """The analyses of "There and Back Again" (Rebuffi et al., CVPR 2020) as pure functions.
 
-Each analysis takes a model and :class:`~saliency_monitor.probes.ProbeBatch` images and returns
+Each analysis takes a model and :class:`~saliency_monitor.monitor.probes.ProbeBatch` images and returns
 a small result dataclass of per-image (or per-pair) numbers; the writers in
 :mod:`examples.reproduce` turn a result into a markdown table and a figure. Nothing here reads
 files, parses options or draws.
@@ -28,9 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from saliency_monitor import compute_saliency
-from saliency_monitor.combine import COMBINATIONS, WEIGHTINGS, combine_maps, layer_weights
-from saliency_monitor.evaluation import label_max_min_targets, model_logits, probe_chunks
-from saliency_monitor.layers import INPUT, eval_mode
+from saliency_monitor.analysis.layer_weights import WEIGHTINGS, layer_weights
+from saliency_monitor.metrics import COMBINATIONS, combine_maps
+from saliency_monitor.engine.model_io import model_logits
+from saliency_monitor.monitor.probes import label_max_min_targets, probe_chunks
+from saliency_monitor.engine.layers import INPUT
+from saliency_monitor.engine.model_io import eval_mode
 from saliency_monitor.metrics import (
     PointingGameResult,
     class_sensitivity,
@@ -40,8 +43,8 @@ from saliency_monitor.metrics import (
     pointing_game,
     pointing_hits,
 )
-from saliency_monitor.probes import ProbeBatch
-from saliency_monitor.sanity import RandomizationResult, cascading_randomization
+from saliency_monitor.monitor.probes import ProbeBatch
+from saliency_monitor.analysis.sanity import RandomizationResult, cascading_randomization
 
 PAPER_TOLERANCE_PX = 15.0
 """Supp. A: a pointing-game hit is within 15 px of the class's boxes, at 224 px images."""
@@ -184,7 +187,7 @@ def layer_combination(
     within ``tolerance`` px (default :func:`scaled_tolerance`) of the class's boxes; accuracy =
     mean over classes of hits / (hits + misses); "difficult": pairs whose class covers < 25%
     of the image while another class is present. Combinations: every weighting of
-    :data:`~saliency_monitor.combine.WEIGHTINGS` × {sum, product} of the min-max normalised
+    :data:`~saliency_monitor.analysis.layer_weights.WEIGHTINGS` × {sum, product} of the min-max normalised
     layer maps; ``feature_spread`` and ``probe_accuracy`` weights are fit on the features of
     ``weight_probes`` (training images: the test images are not used to choose weights).
     """
@@ -380,7 +383,7 @@ def randomization(
     model: nn.Module, probes: ProbeBatch, layers: Sequence[str], *, methods: Sequence[str] = RANDOMIZATION_METHODS,
     meta_lr: float | None = 0.002, seed: int = 0, batchnorm: str = "reset",
 ) -> RandomizationAnalysis:
-    """Cascading randomisation (:func:`saliency_monitor.sanity.cascading_randomization`) of maps of
+    """Cascading randomisation (:func:`saliency_monitor.analysis.sanity.cascading_randomization`) of maps of
     each image's max-predicted class (by the trained model), plain and meta."""
     ((_, images),) = probe_chunks(model, probes, len(probes))
     targets = model_logits(model, images).argmax(dim=1)

@@ -7,7 +7,7 @@
   background; a model learns them within a few epochs, and saliency maps can localise them.
 - :class:`VOCClassification` reads either as (normalised image, target dict with boxes).
 - :func:`multi_hot`, :func:`collate` and :class:`VOCDataModule` make batches for multi-label
-  training that :func:`saliency_monitor.probes.parse_batch` reads with their boxes.
+  training that :func:`saliency_monitor.monitor.probes.parse_batch` reads with their boxes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from saliency_monitor.probes import VOC_CLASSES
+from saliency_monitor.monitor.probes import VOC_CLASSES
 
 __all__ = [
     "CLASS_STYLES",

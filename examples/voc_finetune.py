@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from examples.voc_data import VOC_CLASSES, VOCDataModule, generate_synthetic_voc, multi_hot  # noqa: E402
 from saliency_monitor import SaliencyMonitor  # noqa: E402
-from saliency_monitor.render import save_png  # noqa: E402
+from saliency_monitor.monitor.render import save_png  # noqa: E402
 
 NUM_CLASSES = len(VOC_CLASSES)
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "saliency-monitor"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
-from .monitor import SaliencyMonitorLogic
+from .monitor.logic import SaliencyMonitorLogic
 
 
 class SaliencyMonitor(SaliencyMonitorLogic, pl.Callback):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import lightning.pytorch as L
 
-from .monitor import SaliencyMonitorLogic
+from .monitor.logic import SaliencyMonitorLogic
 
 
 class SaliencyMonitor(SaliencyMonitorLogic, L.Callback):

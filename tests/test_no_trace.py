@@ -12,7 +12,7 @@ from torch import nn
 
 from saliency_monitor import compute_saliency
 
-from ._trace import assert_same, snapshot
+from tests._trace import assert_same, snapshot
 
 
 class TracedNet(nn.Module):

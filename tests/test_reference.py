@@ -183,6 +183,8 @@ def term_factors(extract: str, record: LayerRecord, t: int) -> tuple[Tensor, Ten
         return g_rows, x.flatten(1).T, None
     if extract == "conv3x3":
         return g_rows, F.unfold(x[None], 3, padding=1)[0].T, None  # zero padded 3x3 patch
+    if extract == "conv3x3_depthwise":  # the vector (g_k x_{k,u+δ})_{k,δ}, as the official code unfolds it
+        return g_rows.repeat_interleave(9, dim=1) * F.unfold(x[None], 3, padding=1)[0].T, None, None
     if extract == "conv":
         return g_rows, conv_patches(record.module, record.layer_input), group_mask(record.module)
     raise AssertionError(extract)
@@ -196,15 +198,17 @@ def entries_per_location(extract: str, record: LayerRecord) -> int:
 def literal_terms(extract: str, record: LayerRecord, t: int, where: Tensor) -> Iterator[tuple[slice, slice, Tensor]]:
     """The terms at locations ``where`` (flat indices), materialised block by block.
 
-    Yields ``(positions, rows, block)``: ``block[i]`` holds rows ``rows`` of the term at
-    location ``where[positions][i]`` (the whole vector for bias/scaling, a row block of the
-    matrix g_u p_uᵀ for the outer products; off-group blocks of a grouped conv are zeros).
+    Yields ``(positions, rows, block, entries)``: ``block[i]`` holds rows ``rows`` of the term at
+    location ``where[positions][i]`` (the whole vector for bias/scaling/depthwise, a row block of
+    the matrix g_u p_uᵀ for the outer products; off-group blocks of a grouped conv are zeros);
+    ``entries`` is None, or the bool mask of the block's entries that belong to the term (the
+    zeros outside a grouped conv's blocks are not entries: they must not win a signed max).
     """
     g_rows, patches, mask = term_factors(extract, record, t)
     assert patches is None or patches.shape[0] == g_rows.shape[0], "patches and gradient disagree on L"
     g_rows = g_rows[where]
     if patches is None:
-        yield slice(0, len(where)), slice(None), g_rows
+        yield slice(0, len(where)), slice(None), g_rows, None
         return
     patches = patches[where]
     num_rows, width = g_rows.shape[1], patches.shape[1]
@@ -215,7 +219,10 @@ def literal_terms(extract: str, record: LayerRecord, t: int, where: Tensor) -> I
         for row in range(0, num_rows, rows_per_block):
             rows = slice(row, min(row + rows_per_block, num_rows))
             block = g_rows[positions, rows, None] * patches[positions, None, :]  # g_u p_uᵀ
-            yield positions, rows, block if mask is None else block * mask[rows]
+            if mask is None:
+                yield positions, rows, block, None
+            else:
+                yield positions, rows, block * mask[rows], mask[rows].bool().expand_as(block)
 
 
 def literal_values(extract: str, record: LayerRecord, t: int, where: Tensor) -> dict[str, Tensor]:
@@ -223,22 +230,27 @@ def literal_values(extract: str, record: LayerRecord, t: int, where: Tensor) -> 
     (the row blocks of one location's matrix combine by +, max, and + of squares)."""
     n = len(where)
     total, max_abs, squares, positive_squares = (torch.zeros(n, dtype=torch.float64) for _ in range(4))
-    for positions, _rows, block in literal_terms(extract, record, t, where):
+    signed_max = torch.full((n,), -torch.inf, dtype=torch.float64)
+    for positions, _rows, block, entries in literal_terms(extract, record, t, where):
         flat = block.flatten(1)
         total[positions] += flat.sum(1)
+        own = flat if entries is None else torch.where(entries.flatten(1), flat, -torch.inf)
+        signed_max[positions] = torch.maximum(signed_max[positions], own.amax(1))
         max_abs[positions] = torch.maximum(max_abs[positions], flat.abs().amax(1))
         squares[positions] += flat.square().sum(1)
         positive_squares[positions] += flat.clamp(min=0).square().sum(1)
-    return {"sum": total, "maxabs": max_abs, "norm": squares.sqrt(), "filter_norm": positive_squares.sqrt()}
+    return {"sum": total, "max": signed_max, "maxabs": max_abs, "norm": squares.sqrt(),
+            "filter_norm": positive_squares.sqrt()}
 
 
 def term_sum(extract: str, record: LayerRecord, t: int) -> Tensor:
-    """Σ over all locations u of the literal terms: (K,) or (K', P)."""
+    """Σ over all locations u of the literal terms: a vector (K,) or (K·9,), or a matrix (K', P)."""
     every = torch.arange(record.gradient[t, 0].numel())
     total = None
-    for _positions, rows, block in literal_terms(extract, record, t, every):
+    for _positions, rows, block, _entries in literal_terms(extract, record, t, every):
         if total is None:
-            total = torch.zeros(record.gradient.shape[1], *block.shape[2:], dtype=torch.float64)
+            total = torch.zeros(block.shape[1] if block.ndim == 2 else record.gradient.shape[1], *block.shape[2:],
+                                dtype=torch.float64)
         total[rows] += block.sum(0)
     return total
 
@@ -361,11 +373,12 @@ def test_grad_cam_reference_is_not_all_zero() -> None:
 
 
 def test_methods_and_layers_cover_the_grid() -> None:
-    """The comparison runs every named method and all 5x4 extract:aggregation pairs, and
-    the layers it was asked to."""
+    """The comparison runs every named method and all 6x5 extract:aggregation pairs (the official
+    grid's signed ``max`` and ``conv3x3_depthwise`` included), and the layers it was asked to."""
     covered = set(all_methods(conv=False)) | set(all_methods(conv=True))
     assert covered == set(NAMED_METHODS) | {f"{e}:{a}" for e in EXTRACTS for a in AGGREGATIONS}
-    assert len(covered) == len(NAMED_METHODS) + len(EXTRACTS) * len(AGGREGATIONS)
+    assert len(covered) == len(NAMED_METHODS) + len(EXTRACTS) * len(AGGREGATIONS) == 6 + 6 * 5
+    assert {"conv3x3_depthwise:max", "conv1x1:max", "conv:max", "bias:max"} <= covered
     layers = {name: set(l + c) for name, (_, _, l, c) in MODEL_SPECS.items()}
     assert {"input", "down", "dilated", "grouped", "reflect", "same4", "same2", "mixed"} <= layers["smallnet"]
     assert {"relu", "layer1", "layer2.0.conv1", "layer4"} <= layers["resnet18"]
@@ -441,11 +454,13 @@ def virtual_weight_gradients(model: nn.Module, image: Tensor, target: int, layer
         "scaling": torch.zeros(1, channels, 1, 1, dtype=torch.float64, requires_grad=True),
         "conv1x1": torch.zeros(channels, channels, 1, 1, dtype=torch.float64, requires_grad=True),
         "conv3x3": torch.zeros(channels, channels, 3, 3, dtype=torch.float64, requires_grad=True),
+        "conv3x3_depthwise": torch.zeros(channels, 1, 3, 3, dtype=torch.float64, requires_grad=True),
     }
 
     def splice(y: Tensor) -> Tensor:
         return (y + weights["bias"] + weights["scaling"] * y + F.conv2d(y, weights["conv1x1"])
-                + F.conv2d(y, weights["conv3x3"], padding=1))
+                + F.conv2d(y, weights["conv3x3"], padding=1)
+                + F.conv2d(y, weights["conv3x3_depthwise"], padding=1, groups=channels))
 
     if module is None:
         logits = ref(splice(image[None]))
@@ -466,7 +481,8 @@ VIRTUAL_CASES = [("smallnet", layer) for layer in ["input", "conv1", "relu1", "g
 
 @pytest.mark.parametrize(("model_name", "layer"), VIRTUAL_CASES, ids=[f"{m}-{l}" for m, l in VIRTUAL_CASES])
 def test_sum_of_identity_terms_is_a_virtual_weight_gradient(request: pytest.FixtureRequest, model_name: str, layer: str) -> None:
-    """Σ_u g_u = dβ, Σ_u g_u⊙x_u = dγ, Σ_u g_u x_uᵀ = dW1, Σ_u g_u x_{u,3x3}ᵀ = dW3."""
+    """Σ_u g_u = dβ, Σ_u g_u⊙x_u = dγ, Σ_u g_u x_uᵀ = dW1, Σ_u g_u x_{u,3x3}ᵀ = dW3, and
+    Σ_u (g_{k,u} x_{k,u+δ})_{k,δ} = dW of a depthwise 3x3 conv."""
     case = model_case(request, model_name)
     for b, rec in enumerate(case["records"]):
         record = rec[layer]
@@ -483,13 +499,13 @@ def test_sum_of_identity_terms_is_a_virtual_weight_gradient(request: pytest.Fixt
 def test_closed_forms_are_exact_in_float64(smallnet: nn.Module) -> None:
     """The library's closed forms (internal functions), fed float64 captures, match the literal
     terms to ~1e-12: the 2e-5 allowed above is float32 rounding and nothing else."""
-    from saliency_monitor.aggregate import ConvGeometry, aggregate_outer, aggregate_vector, grad_cam
-    from saliency_monitor.extract import extract as capture
+    from saliency_monitor.engine.aggregate import ConvGeometry, aggregate_outer, aggregate_vector, grad_cam
+    from saliency_monitor.engine.capture import capture
 
     images = make_images(BATCH, 32)
     layers = ["input", *SMALLNET_CONV_LAYERS]
     records = literal_capture(smallnet, images, TARGETS, layers)
-    captured = capture(smallnet, images, TARGETS, layers, keep_inputs=set(SMALLNET_CONV_LAYERS)).captures
+    captured = capture(smallnet, images, TARGETS, layers, keep_inputs=set(SMALLNET_CONV_LAYERS)).layers
     for layer in layers:
         g, x, module = captured[layer].gradient, captured[layer].activation, captured[layer].module
         assert g.dtype == torch.float64
@@ -502,6 +518,8 @@ def test_closed_forms_are_exact_in_float64(smallnet: nn.Module) -> None:
                 actual = aggregate_vector(g if pair[0] == "bias" else g * x.unsqueeze(1), pair[1])
             elif pair[0] == "conv":
                 actual = aggregate_outer(g, captured[layer].layer_input, ConvGeometry.of(module), pair[1])
+            elif pair[0] == "conv3x3_depthwise":
+                actual = aggregate_outer(g, x, ConvGeometry.identity(3, groups=x.shape[1]), pair[1])
             else:
                 actual = aggregate_outer(g, x, ConvGeometry.identity(1 if pair[0] == "conv1x1" else 3), pair[1])
             torch.testing.assert_close(actual.flatten(2)[..., where], expected, rtol=1e-10,

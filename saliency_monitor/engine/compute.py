@@ -1,0 +1,248 @@
+"""``compute_saliency``: check the options once, capture once, make every method's maps, resize.
+
+:class:`SaliencyOptions` holds everything besides the model, the images and the targets,
+checked by :func:`saliency_options` where it enters (``compute_saliency``, the monitor's
+config); :func:`saliency_maps` computes maps for checked options, so a caller that holds
+them (the monitor, at every evaluation) never checks them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_callable, normalize_size
+from ..metrics.maps import resize_maps
+from .capture import Captured, capture
+from .layers import INPUT, check_layer_names, default_layers, validate_layer_names
+from .meta import (
+    Parameters,
+    check_meta_lr,
+    check_meta_params,
+    meta_capture,
+    meta_per_target,
+    stepped_parameter_names,
+)
+from .methods import DEFAULT_METHOD, GRADIENT, RELEVANCE, Method, parse_methods, with_sources
+from .model_io import OutputToLogits, check_images, normalize_targets
+from .relevance import DEFAULT_CONTEXT_SIZE, RelevanceModel, check_composite, check_context_size
+from .smoothing import check_smooth
+from .task import check_task
+
+SaliencyMaps = dict[str, dict[str, Tensor]]
+"""``maps[method][layer]`` -> float32 (B, T, h, w)."""
+
+
+@dataclass(frozen=True)
+class SaliencyOptions:
+    """What to compute, besides the model, images and targets (see :func:`compute_saliency`).
+
+    Build it with :func:`saliency_options`, which checks every field; derive variants with
+    ``dataclasses.replace`` from checked values.
+    """
+
+    layers: tuple[str, ...] | None
+    """Layer names, or None for :func:`~saliency_monitor.engine.layers.default_layers`."""
+    methods: tuple[Method, ...]
+    meta_lr: float | None = None
+    task: str = "multiclass"
+    meta_params: str = "all"
+    output_size: tuple[int, int] | None = None
+    output_to_logits: OutputToLogits | None = None
+    smooth: str | None = None
+    lrp_composite: object = "epsilon_plus_flat"
+    context_size: int = DEFAULT_CONTEXT_SIZE
+
+
+def saliency_options(
+    layers: object = None,
+    methods: object = (DEFAULT_METHOD,),
+    *,
+    meta_lr: object = None,
+    task: object = "multiclass",
+    meta_params: object = "all",
+    output_size: object = None,
+    output_to_logits: object = None,
+    smooth: object = None,
+    lrp_composite: object = "epsilon_plus_flat",
+    context_size: object = DEFAULT_CONTEXT_SIZE,
+) -> SaliencyOptions:
+    """Check every option (the model-independent part) and return them as :class:`SaliencyOptions`."""
+    parsed = parse_methods(methods)
+    relevance = [m.name for m in parsed if m.computed_by == RELEVANCE]
+    if relevance and smooth is not None:
+        raise ValueError(
+            f"Expected `smooth=None` with the relevance methods {relevance} (smoothing changes gradients, "
+            f"not relevance rules), but got smooth={smooth!r}."
+        )
+    check_composite(lrp_composite)
+    return SaliencyOptions(
+        layers=None if layers is None else check_layer_names(layers),
+        methods=parsed,
+        meta_lr=None if meta_lr is None else check_meta_lr(meta_lr),
+        task=check_task(task),
+        meta_params=check_meta_params(meta_params),
+        output_size=normalize_size(output_size, "output_size"),
+        output_to_logits=check_callable(output_to_logits, "output_to_logits"),
+        smooth=check_smooth(smooth),
+        lrp_composite=lrp_composite,
+        context_size=check_context_size(context_size),
+    )
+
+
+def compute_saliency(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor | Sequence[int] | Sequence[Sequence[int]],
+    layers: Sequence[str] | str | None = None,
+    methods: Sequence[str] | str = (DEFAULT_METHOD,),
+    *,
+    meta_lr: float | None = None,
+    task: str = "multiclass",
+    meta_params: str = "all",
+    output_size: int | tuple[int, int] | None = None,
+    output_to_logits: OutputToLogits | None = None,
+    smooth: str | None = None,
+    lrp_composite: object = "epsilon_plus_flat",
+    context_size: int = DEFAULT_CONTEXT_SIZE,
+) -> SaliencyMaps:
+    """Backpropagation saliency maps of ``targets`` at ``layers`` for every method.
+
+    One forward and one (batched) backward serve all layers, methods and targets; the
+    backward takes gradients w.r.t. the layer activations only (no parameter gradient).
+
+    Args:
+        model: maps (B, C_in, H, W) images to (B, C) logits. Run in eval mode; returned with
+            every flag, parameter, buffer and ``.grad`` exactly as it was, hooks removed.
+        images: (B, C_in, H, W) floating point, on the model's device.
+        targets: (B,) or (B, T) class indices; the map explains logit ``targets[b, t]``.
+        layers: names from ``model.named_modules()`` (each running once per forward and
+            returning a 4-D tensor) or ``"input"``; None means :func:`default_layers`.
+        methods: names from the registry (:mod:`saliency_monitor.engine.methods`): the named
+            gradient methods (``gradient``, ``linear_approx``, ``grad_cam``, ``norm_grad``,
+            ``norm_grad_selective``, ``norm_grad_conv``), any ``"extract:aggregation"`` cell of
+            the grid, ``"lrp"`` (layer-wise relevance propagation, summed over channels) and
+            ``"salient_relevance"`` (Beyond Saliency's SR map: context-aware saliency
+            detection of the LRP map).
+        meta_lr: if given, meta-saliency (§4.4): each map of image b and target c is computed
+            at θ' = θ − meta_lr·∇_θ ℓ(θ; x_b, c), one SGD step on that single loss (the
+            paper: ``DEFAULT_META_LR`` = 0.002; negative = gradient ascent). The model is not
+            mutated. Cost per (image, target): about one training step of one image plus
+            one plain saliency pass; memory: about two extra copies of the parameters.
+        task: the meta loss: ``"multiclass"`` (softmax cross-entropy of class c) or
+            ``"multilabel"`` (binary cross-entropy of logit c toward 1). The map itself
+            always backpropagates the class logit.
+        meta_params: ``"all"`` parameters step (as in the paper) or only ``"trainable"``
+            ones (``requires_grad=True``).
+        output_size: if given, maps are upsampled bilinearly to it (int or (h, w));
+            otherwise they keep the layer's resolution.
+        output_to_logits: for models whose output is not the logits tensor (a dict, a
+            tuple, ...): maps the output to (B, C) logits, e.g. ``lambda out: out["logits"]``.
+        smooth: checkerboard-noise removal at stride-2 convolutions, during the saliency
+            pass only (:mod:`saliency_monitor.engine.smoothing`): ``"backward"`` (the gradient
+            into each such convolution averaged over 2×2 shifts; forward and logits unchanged)
+            or ``"forward"`` (outputs averaged over the 4 sampling phases; changes predictions).
+            The meta step itself is never smoothed. Not defined for the relevance methods.
+        lrp_composite: the LRP rules: ``"epsilon_plus_flat"``, ``"epsilon_gamma_box"`` or a
+            ``zennit.core.Composite`` (see :mod:`saliency_monitor.engine.relevance`).
+        context_size: Salient Relevance resizes each LRP map so its long edge has this
+            many pixels before the detection (Goferman et al. use 250; cost grows with its
+            4th power) and returns maps of that size (before ``output_size``).
+
+    Returns:
+        ``maps[method][layer]``: float32 (B, T, h, w), detached, on the images' device.
+    """
+    options = saliency_options(
+        layers, methods, meta_lr=meta_lr, task=task, meta_params=meta_params, output_size=output_size,
+        output_to_logits=output_to_logits, smooth=smooth, lrp_composite=lrp_composite, context_size=context_size,
+    )
+    return saliency_maps(model, images, targets, options)
+
+
+def saliency_maps(model: nn.Module, images: Tensor, targets: object, options: SaliencyOptions) -> SaliencyMaps:
+    """:func:`compute_saliency` for checked options: ``maps[method][layer]`` for every method."""
+    check_images(images)
+    targets = normalize_targets(targets, images)
+    layers = default_layers(model, images) if options.layers is None else validate_layer_names(model, options.layers)
+    methods = with_sources(options.methods)
+    keep_inputs = _conv_layers(model, layers, methods)
+    names = None if options.meta_lr is None else stepped_parameter_names(model, options.meta_params)
+    maps: SaliencyMaps = {}
+    gradient = [m for m in methods if m.computed_by == GRADIENT]
+    if gradient:
+        maps.update(_gradient_maps(model, images, targets, layers, gradient, keep_inputs, names, options))
+    relevance = [m for m in methods if m.computed_by == RELEVANCE]
+    if relevance:
+        maps.update(_relevance_maps(model, images, targets, layers, relevance, names, options))
+    if options.output_size is not None:
+        maps = {m: {l: resize_maps(t, options.output_size) for l, t in per.items()} for m, per in maps.items()}
+    return {method.name: maps[method.name] for method in options.methods}
+
+
+def _conv_layers(model: nn.Module, layers: list[str], methods: Sequence[Method]) -> set[str]:
+    """The layers whose module input must be kept (the real-conv extract); each must be a Conv2d."""
+    users = [m.name for m in methods if m.needs_conv_layer]
+    if not users:
+        return set()
+    modules = dict(model.named_modules())
+    for name in layers:
+        if not isinstance(modules.get(name), nn.Conv2d):
+            what = "the input image" if name == INPUT else type(modules[name]).__name__
+            raise ValueError(f"Expected a torch.nn.Conv2d layer for {users}, but layer {name!r} is {what}.")
+    return set(layers)
+
+
+def _gradient_maps(
+    model: nn.Module, images: Tensor, targets: Tensor, layers: list[str], methods: list[Method],
+    keep_inputs: set[str], names: list[str] | None, options: SaliencyOptions,
+) -> SaliencyMaps:
+    to_logits, smooth = options.output_to_logits, options.smooth
+    if names is None or options.meta_lr is None:
+        captured = capture(model, images, targets, layers, keep_inputs=keep_inputs, output_to_logits=to_logits,
+                           smooth=smooth)
+        return _aggregate(captured, methods, layers)
+    rows: list[list[SaliencyMaps]] = [[] for _ in range(images.shape[0])]
+    for b, at_theta in meta_capture(model, images, targets, layers, lr=options.meta_lr, task=options.task, names=names,
+                                    keep_inputs=keep_inputs, output_to_logits=to_logits, smooth=smooth):
+        rows[b].append(_aggregate(at_theta, methods, layers))
+    return {m.name: {layer: _cat_rows([[part[m.name][layer] for part in row] for row in rows]) for layer in layers}
+            for m in methods}
+
+
+def _relevance_maps(
+    model: nn.Module, images: Tensor, targets: Tensor, layers: list[str], methods: list[Method],
+    names: list[str] | None, options: SaliencyOptions,
+) -> SaliencyMaps:
+    """LRP maps (at θ, or at every (image, target)'s θ' for meta), then each method's refinement."""
+    relevance_model = RelevanceModel(model, options.lrp_composite, options.output_to_logits)
+    if names is None or options.meta_lr is None:
+        lrp = relevance_model.maps(images, targets, layers)
+    else:
+        def at_theta(image: Tensor, target: Tensor, theta: Parameters) -> dict[str, Tensor]:
+            with relevance_model.at(theta):
+                return relevance_model.maps(image, target, layers)
+
+        rows: list[list[dict[str, Tensor]]] = [[] for _ in range(images.shape[0])]
+        for b, per_layer in meta_per_target(model, images, targets, at_theta, lr=options.meta_lr, task=options.task,
+                                            names=names, output_to_logits=options.output_to_logits):
+            rows[b].append(per_layer)
+        lrp = {layer: _cat_rows([[part[layer] for part in row] for row in rows]) for layer in layers}
+    return {method.name: {layer: method.refined(value, options.context_size) for layer, value in lrp.items()}
+            for method in methods}
+
+
+def _aggregate(captured: Captured, methods: list[Method], layers: list[str]) -> SaliencyMaps:
+    device_type = captured.logits.device.type
+    with torch.autocast(device_type, enabled=False):  # float32 maps under autocast too
+        return {
+            method.name: {name: method.gradient_map(captured.layers[name]) for name in layers}
+            for method in methods
+        }
+
+
+def _cat_rows(rows: list[list[Tensor]]) -> Tensor:
+    """Per image b a list of (1, 1, h, w) maps (one per target) -> (B, T, h, w)."""
+    return torch.cat([torch.cat(row, dim=1) for row in rows])

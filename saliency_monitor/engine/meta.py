@@ -1,0 +1,151 @@
+"""Meta-saliency (Rebuffi et al. 2020, §4.4, eqs. 4-6; supp. D).
+
+For image x_i and target c, take one SGD step on that single loss,
+
+    θ' = θ − lr · ∇_θ ℓ(θ; x_i, c),
+
+and compute the saliency map at θ'. With lr = 2ε this is the first-order expansion of
+∇_θ ℓ(θ − ε∇_θ ℓ; x_i, c) (the paper's ε = 0.001 gives lr = 0.002); lr < 0 is gradient
+ascent ("negative meta-saliency"). The model is never mutated: θ' is a dict of new tensors
+passed through ``torch.func.functional_call``; no weight, ``.grad``, buffer or flag changes.
+
+Losses (``task``, :mod:`saliency_monitor.engine.task`): ``"multiclass"`` softmax
+cross-entropy of class c; ``"multilabel"`` binary cross-entropy of logit c toward 1, i.e.
+softplus(−logit_c). Both in eval mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from typing import TypeVar
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .._checks import check_choice, check_number
+from .capture import Captured, capture
+from .model_io import OutputToLogits, check_logits, check_targets_range, eval_mode
+from .task import class_loss
+
+R = TypeVar("R")
+Parameters = dict[str, Tensor]
+"""θ' as a name -> tensor mapping (``torch.func.functional_call``'s parameters)."""
+
+DEFAULT_META_LR = 0.002
+"""The paper's ε = 0.001 (§4.4) as an SGD learning rate: lr = 2ε."""
+META_PARAMS = ("all", "trainable")
+
+
+def check_meta_lr(meta_lr: object) -> float:
+    """The meta step: a finite, non-zero number (negative: gradient ascent)."""
+    return check_number(meta_lr, "meta_lr", expected="a finite non-zero number", valid=lambda v: v != 0)
+
+
+def check_meta_params(meta_params: object) -> str:
+    """Which parameters step: ``"all"`` (the paper) or ``"trainable"`` (``requires_grad``)."""
+    return check_choice(meta_params, "meta_params", META_PARAMS)
+
+
+def stepped_parameter_names(model: nn.Module, meta_params: str) -> list[str]:
+    """The names of the parameters the meta step moves; an error when there are none."""
+    names = [n for n, p in model.named_parameters() if meta_params == "all" or p.requires_grad]
+    if not names:
+        what = "parameters" if meta_params == "all" else "parameters with requires_grad=True"
+        raise ValueError(f"Expected `model` to have {what} for the meta step, but it has none.")
+    return names
+
+
+def stepped_parameters(
+    model: nn.Module,
+    image: Tensor,
+    targets: Tensor,
+    lr: float,
+    task: str,
+    names: Sequence[str],
+    output_to_logits: OutputToLogits | None = None,
+) -> Iterator[Parameters]:
+    """Yield θ' for each target of one image, sharing that image's forward pass.
+
+    image (1, C, H, W), targets (T,). Gradients are taken w.r.t. detached aliases of the
+    parameters (no copy, original ``requires_grad`` untouched); parameters not in ``names``
+    or not reached by the loss keep their value. Memory: the image's graph plus, at a time,
+    one gradient and one θ' (about 2 extra copies of the stepped parameters).
+    """
+    params = dict(model.named_parameters())
+    leaves = {n: params[n].detach().requires_grad_(True) for n in names}
+    output = functional_call(model, leaves, (image,))
+    if output_to_logits is not None:
+        output = output_to_logits(output)
+    logits = check_logits(output, 1)
+    check_targets_range(targets, logits.shape[1])
+    for t, target in enumerate(targets):
+        loss = class_loss(logits[0], target, task)
+        grads = torch.autograd.grad(
+            loss, list(leaves.values()), retain_graph=t < len(targets) - 1, allow_unused=True
+        )
+        stepped = [n for n, g in zip(leaves, grads) if g is not None]
+        moved = torch._foreach_add(  # θ − lr·g in one fused pass over all tensors
+            [leaves[n].detach() for n in stepped], [g for g in grads if g is not None], alpha=-lr
+        )
+        theta = {n: leaves[n].detach() for n in leaves}
+        theta.update(zip(stepped, moved))
+        yield theta
+
+
+def meta_per_target(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    compute: Callable[[Tensor, Tensor, Parameters], R],
+    *,
+    lr: float,
+    task: str,
+    names: Sequence[str],
+    output_to_logits: OutputToLogits | None = None,
+) -> Iterator[tuple[int, R]]:
+    """For every image b and target index t, ``compute(image, target, θ'_{b,t})``.
+
+    ``image`` is (1, C, H, W), ``target`` (1, 1). Yields (b, result) in (b, t) order. Runs one
+    (image, target) at a time: a forward of the image at θ gives all its targets' θ'
+    (shared); a class repeated in an image's targets (e.g. the label class is also the
+    max-predicted class) is computed once. Eval mode, gradients enabled, inference mode off.
+    """
+    with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+        images, targets = images.detach().clone(), targets.clone()
+        for b in range(images.shape[0]):
+            image = images[b : b + 1]
+            classes = list(dict.fromkeys(targets[b].tolist()))
+            unique = torch.tensor(classes, dtype=targets.dtype, device=targets.device)
+            steps = stepped_parameters(model, image, unique, lr, task, names, output_to_logits)
+            done = {c: compute(image, unique[i].view(1, 1), theta) for i, (c, theta) in enumerate(zip(classes, steps))}
+            for c in targets[b].tolist():
+                yield b, done[c]
+
+
+def meta_capture(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    layers: Sequence[str],
+    *,
+    lr: float,
+    task: str,
+    names: Sequence[str],
+    keep_inputs: set[str],
+    output_to_logits: OutputToLogits | None = None,
+    smooth: str | None = None,
+) -> Iterator[tuple[int, Captured]]:
+    """For every image b and target index t, the capture of ``targets[b, t]`` at θ'_{b,t}
+    (one forward and one activation backward at each θ', see :func:`meta_per_target`).
+    Yields (b, capture with B = T = 1) in (b, t) order."""
+
+    def at_theta(image: Tensor, target: Tensor, theta: Parameters) -> Captured:
+        return capture(
+            model, image, target, layers, keep_inputs=keep_inputs, forward=partial(functional_call, model, theta),
+            output_to_logits=output_to_logits, smooth=smooth,
+        )
+
+    return meta_per_target(model, images, targets, at_theta, lr=lr, task=task, names=names,
+                           output_to_logits=output_to_logits)

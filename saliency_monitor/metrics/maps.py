@@ -1,0 +1,42 @@
+"""Maps as tensors (..., h, w): resizing, min-max normalising, checking. Every metric and the
+layer combination compare maps at a common size through these."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def check_maps(maps: object, name: str, min_dim: int = 3) -> Tensor:
+    """A floating-point tensor of at least ``min_dim`` dimensions (..., h, w), detached."""
+    if not isinstance(maps, Tensor):
+        raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(maps).__name__}.")
+    if not maps.is_floating_point():
+        raise TypeError(f"Expected `{name}` to be a floating-point tensor, but got dtype {maps.dtype}.")
+    if maps.ndim < min_dim:
+        raise ValueError(
+            f"Expected `{name}` to have at least {min_dim} dimensions (..., h, w), but got "
+            f"shape {tuple(maps.shape)}."
+        )
+    return maps.detach()
+
+
+def minmax_normalize(maps: Tensor) -> Tensor:
+    """(m − min) / (max − min) over the last two dims of (..., h, w); a constant map -> 0 (a map
+    holding NaN stays NaN)."""
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    return torch.where(span == 0, 0, (maps - low) / torch.where(span == 0, 1, span))
+
+
+def resize_maps(maps: Tensor, size: tuple[int, int], *, antialias: bool = False) -> Tensor:
+    """Bilinear (align_corners=False) resize of the last two dims of (..., h, w); with
+    ``antialias``, antialiased when it shrinks either side."""
+    if tuple(maps.shape[-2:]) == size:
+        return maps
+    flat = maps.reshape(-1, 1, *maps.shape[-2:])
+    dtype = flat.dtype if flat.dtype in (torch.float32, torch.float64) else torch.float32
+    shrink = antialias and (size[0] < maps.shape[-2] or size[1] < maps.shape[-1])
+    resized = F.interpolate(flat.to(dtype), size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    return resized.view(*maps.shape[:-2], *size)

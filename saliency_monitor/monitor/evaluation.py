@@ -1,0 +1,310 @@
+"""One evaluation of a probe set: the per-probe numbers the monitor logs.
+
+For every probe image the maps of three classes are computed, plain and (optionally) meta,
+with every method at every layer and combined across layers (§4.2):
+
+- the *label* class (multilabel: the true class with the highest score),
+- the *max*- and *min*-predicted classes.
+
+From them, per probe (paper sections in brackets):
+
+=========================  =============================================================
+class_sensitivity          ρ(map of max class, map of min class) (§4.3; near 0 is good)
+meta_class_sensitivity     the same with meta maps (§4.4, Fig. 7)
+meta_correlation           ρ(label map, its meta map) (supp. D; lower on unseen images)
+drift                      ρ(label map now, label map at the previous evaluation)
+total_variation            noise of the label map (Smooth Deep Saliency's TV)
+pointing_game              1 if the label map's maximum hits the class region (supp. A)
+relevance_ssim             methods that refine another's maps (Salient Relevance): SSIM of
+                           the label class's source map and refined map (Beyond Saliency)
+=========================  =============================================================
+
+ρ is Spearman's rank correlation of maps upsampled bilinearly to the image size. No
+Lightning, no logging: a model, probes and a plan in, tensors out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import NewType
+
+import torch
+from torch import Tensor, nn
+
+from ..engine.compute import SaliencyMaps, SaliencyOptions, saliency_maps
+from ..engine.methods import Method, with_sources
+from ..engine.model_io import model_logits
+from ..engine.smoothing import smoothing
+from ..engine.task import class_probabilities
+from ..metrics import (
+    class_sensitivity,
+    combine_maps,
+    drift,
+    fixed_weights,
+    map_correlation,
+    mean_stderr,
+    pointing_hits,
+    resize_maps,
+    structural_similarity,
+    total_variation,
+)
+from .keys import COMBINED, MetricKey
+from .probes import ProbeBatch, label_max_min_targets, probe_chunks
+
+METRICS = (
+    "class_sensitivity",
+    "meta_class_sensitivity",
+    "meta_correlation",
+    "drift",
+    "total_variation",
+    "pointing_game",
+    "relevance_ssim",
+)
+LABEL, MAX, MIN = 0, 1, 2
+"""Target columns: the label class, the max- and the min-predicted class."""
+
+LabelMaps = NewType("LabelMaps", dict[str, dict[str, Tensor]])
+"""``maps[method][layer]`` -> (N, h, w) float32 on the CPU: the label class only, one map per
+probe; ``layer`` includes ``"combined"``. (The engine's ``SaliencyMaps`` are (B, T, h, w).)"""
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What every evaluation of a fit computes, settled once at fit start."""
+
+    saliency: SaliencyOptions
+    """The plain maps' options: resolved layers and task, no meta step; its methods are the
+    logged ones plus the methods they refine (computed for their metrics, not logged)."""
+    methods: tuple[Method, ...]
+    """The logged methods."""
+    meta_lr: float | None = None
+    """None: no meta maps (the meta metrics are left out)."""
+    combine_weights: str = "uniform"
+    combine_mode: str = "sum"
+    pointing_tolerance: float = 15.0
+    batch_size: int = 16
+    """Probes per engine call (bounds memory)."""
+
+    @classmethod
+    def of(
+        cls, saliency: SaliencyOptions, *, meta_lr: float | None = None, combine_weights: str = "uniform",
+        combine_mode: str = "sum", pointing_tolerance: float = 15.0, batch_size: int = 16,
+    ) -> EvaluationPlan:
+        """The plan for checked engine options whose layers and task are resolved."""
+        computed = replace(saliency, methods=with_sources(saliency.methods), meta_lr=None)
+        return cls(computed, saliency.methods, meta_lr, combine_weights, combine_mode, pointing_tolerance, batch_size)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        assert self.saliency.layers is not None, "a plan's layers are resolved at fit start"
+        return self.saliency.layers
+
+    @property
+    def task(self) -> str:
+        return self.saliency.task
+
+
+@dataclass(frozen=True)
+class DriftReference:
+    """What drift compares against: the label maps and classes of an earlier evaluation."""
+
+    maps: LabelMaps
+    targets: Tensor
+    """(N, 3) int64 targets of that evaluation (column 0: the label class)."""
+
+
+@dataclass(frozen=True)
+class SplitEvaluation:
+    values: dict[MetricKey, Tensor]
+    """(N,) float64 per probe for each (metric, method, layer) (keys without a split); NaN where
+    undefined."""
+    maps: LabelMaps
+    """Plain maps of the label class."""
+    meta_maps: LabelMaps | None
+    """Meta maps of the label class (None without meta)."""
+    targets: Tensor
+    """(N, 3) int64: label, max- and min-predicted class."""
+    probabilities: Tensor
+    """(N, C) float32: softmax (multiclass) or sigmoid (multilabel) of the logits."""
+    nonfinite: dict[str, int] = field(default_factory=dict)
+    """``f"{plain|meta}/{method}/{layer}"`` -> probes whose maps held inf/NaN (a meta step too
+    large for the model overflows float32): their maps are NaN and their metrics NaN."""
+    prediction_difference: Tensor | None = None
+    """(N,) with ``smooth="forward"``: mean over classes of |p_smoothed − p| per probe."""
+
+    @property
+    def reference(self) -> DriftReference:
+        return DriftReference(self.maps, self.targets)
+
+
+@dataclass
+class _Chunks:
+    """The engine's outputs for consecutive chunks of probes, concatenated at the end."""
+
+    plain: list[SaliencyMaps] = field(default_factory=list)
+    meta: list[SaliencyMaps] = field(default_factory=list)
+    targets: list[Tensor] = field(default_factory=list)
+    probabilities: list[Tensor] = field(default_factory=list)
+    differences: list[Tensor] = field(default_factory=list)
+
+
+def evaluate_probes(
+    model: nn.Module,
+    probes: ProbeBatch,
+    plan: EvaluationPlan,
+    previous: DriftReference | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SplitEvaluation:
+    """Maps and per-probe metrics of ``probes`` (see the module docstring).
+
+    The model runs in eval mode and comes back untouched (``compute_saliency``'s
+    guarantees). ``previous`` (the last evaluation of the same probes) gives ``drift``;
+    a probe whose label class changed since then (multilabel) gets NaN drift. ``progress``
+    is called with the number of probes done after each chunk of ``plan.batch_size``.
+    """
+    size = (probes.images.shape[-2], probes.images.shape[-1])
+    chunks = _compute_chunks(model, probes, plan, progress)
+    targets = torch.cat(chunks.targets)
+    plain, plain_bad = _blank_nonfinite(_cat(chunks.plain))
+    plain = _with_combined(plain, plan, size)
+    meta, meta_bad = _blank_nonfinite(_cat(chunks.meta)) if chunks.meta else (None, {})
+    meta = _with_combined(meta, plan, size) if meta is not None else None
+    masks = _label_masks(probes, targets, chunks.probabilities[0].shape[1])
+    values = _per_probe_values(plain, meta, targets, masks, previous, plan, size)
+    for key in values:  # a probe whose maps overflowed has no value, whatever the metric made of them
+        method, layer = str(key.method), str(key.layer)
+        bad = plain_bad[method][layer] | (meta_bad[method][layer] if key.metric.startswith("meta_") else False)
+        values[key] = torch.where(bad, math.nan, values[key].double())
+    logged = {m.name for m in plan.methods}  # the methods computed only for a refinement's metric go
+    nonfinite = {
+        f"{kind}/{method}/{layer}": int(bad.sum())
+        for kind, table in (("plain", plain_bad), ("meta", meta_bad))
+        for method, per_layer in table.items() if method in logged
+        for layer, bad in per_layer.items()
+        if layer != COMBINED and bad.any()
+    }
+    return SplitEvaluation(
+        values={key: value.double() for key, value in values.items() if key.method in logged},
+        maps=_label_only(plain, logged),
+        meta_maps=_label_only(meta, logged) if meta is not None else None,
+        targets=targets,
+        probabilities=torch.cat(chunks.probabilities),
+        nonfinite=nonfinite,
+        prediction_difference=torch.cat(chunks.differences).double() if chunks.differences else None,
+    )
+
+
+def _compute_chunks(
+    model: nn.Module, probes: ProbeBatch, plan: EvaluationPlan, progress: Callable[[int], None] | None
+) -> _Chunks:
+    """Targets, probabilities, plain and meta maps of every chunk of ``plan.batch_size`` probes."""
+    options = plan.saliency
+    meta_options = None if plan.meta_lr is None else replace(options, meta_lr=plan.meta_lr)
+    chunks = _Chunks()
+    for chunk, images in probe_chunks(model, probes, plan.batch_size):
+        logits = model_logits(model, images, options.output_to_logits)
+        targets, probabilities = label_max_min_targets(logits, chunk, plan.task)
+        if options.smooth == "forward":  # it changes the model's predictions: measure by how much
+            with smoothing(model, "forward"):
+                smoothed = model_logits(model, images, options.output_to_logits)
+            chunks.differences.append((class_probabilities(smoothed, plan.task) - probabilities).abs().mean(1).cpu())
+        chunks.plain.append(_to_cpu(saliency_maps(model, images, targets, options)))
+        if meta_options is not None:
+            chunks.meta.append(_to_cpu(saliency_maps(model, images, targets, meta_options)))
+        chunks.targets.append(targets.cpu())
+        chunks.probabilities.append(probabilities.cpu())
+        if progress is not None:
+            progress(len(chunk))
+    return chunks
+
+
+def _per_probe_values(
+    plain: SaliencyMaps, meta: SaliencyMaps | None, targets: Tensor, masks: Tensor | None,
+    previous: DriftReference | None, plan: EvaluationPlan, size: tuple[int, int],
+) -> dict[MetricKey, Tensor]:
+    """Every metric of every method's maps at every layer (see the module docstring), per probe."""
+    values: dict[MetricKey, Tensor] = {}
+    for method, per_layer in plain.items():
+        for layer, maps in per_layer.items():
+            found = {"class_sensitivity": class_sensitivity(maps[:, MAX], maps[:, MIN], size)}
+            if meta is not None:
+                meta_maps = meta[method][layer]
+                found["meta_class_sensitivity"] = class_sensitivity(meta_maps[:, MAX], meta_maps[:, MIN], size)
+                found["meta_correlation"] = map_correlation(maps[:, LABEL], meta_maps[:, LABEL], size)
+            if previous is not None:
+                found["drift"] = _drift(maps[:, LABEL], targets, previous, method, layer, size)
+            found["total_variation"] = total_variation(maps[:, LABEL])
+            if masks is not None:
+                hits = pointing_hits(maps[:, LABEL], masks, plan.pointing_tolerance).double()
+                found["pointing_game"] = torch.where(masks.flatten(1).any(1), hits, math.nan)
+            values.update({MetricKey(None, metric, method, layer): value for metric, value in found.items()})
+    for method in plan.methods:
+        if method.refines is not None:  # how much the refinement reshaped its source's maps
+            for layer, refined in plain[method.name].items():
+                source = resize_maps(plain[method.refines][layer][:, LABEL], size)
+                similarity = structural_similarity(source, resize_maps(refined[:, LABEL], size))
+                values[MetricKey(None, "relevance_ssim", method.name, layer)] = similarity
+    return values
+
+
+def summarize(values: dict[MetricKey, Tensor]) -> dict[MetricKey, tuple[float, float, int]]:
+    """(mean, standard error, count) over the probes of each key, NaN probes left out."""
+    return {key: mean_stderr(per_probe) for key, per_probe in values.items()}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _to_cpu(maps: SaliencyMaps) -> SaliencyMaps:
+    return {m: {l: t.float().cpu() for l, t in per_layer.items()} for m, per_layer in maps.items()}
+
+
+def _cat(parts: Sequence[SaliencyMaps]) -> SaliencyMaps:
+    return {m: {l: torch.cat([p[m][l] for p in parts]) for l in parts[0][m]} for m in parts[0]}
+
+
+def _blank_nonfinite(maps: SaliencyMaps) -> tuple[SaliencyMaps, dict[str, dict[str, Tensor]]]:
+    """Maps (N, T, h, w) with every probe that has a non-finite value set to NaN, and the
+    (N,) bool of those probes per method and layer (``"combined"``: any layer)."""
+    bad = {m: {l: ~t.isfinite().flatten(1).all(1) for l, t in per_layer.items()} for m, per_layer in maps.items()}
+    for per_layer in bad.values():
+        per_layer[COMBINED] = torch.stack(list(per_layer.values())).any(0)
+    blanked = {
+        m: {l: torch.where(bad[m][l][:, None, None, None], math.nan, t) for l, t in per_layer.items()}
+        for m, per_layer in maps.items()
+    }
+    return blanked, bad
+
+
+def _with_combined(maps: SaliencyMaps, plan: EvaluationPlan, size: tuple[int, int]) -> SaliencyMaps:
+    """Adds ``maps[method]["combined"]`` (N, T, H, W) at the image size."""
+    weights = fixed_weights(plan.combine_weights, len(plan.layers)).tolist()
+    return {
+        method: {**per_layer, COMBINED: combine_maps(per_layer, weights, size=size, mode=plan.combine_mode)}
+        for method, per_layer in maps.items()
+    }
+
+
+def _label_only(maps: SaliencyMaps, methods: set[str]) -> LabelMaps:
+    return LabelMaps({m: {l: t[:, LABEL].contiguous() for l, t in per_layer.items()}
+                      for m, per_layer in maps.items() if m in methods})
+
+
+def _label_masks(probes: ProbeBatch, targets: Tensor, num_classes: int) -> Tensor | None:
+    """(N, H, W) bool region of each probe's label class, or None if the probes carry none."""
+    masks = probes.class_masks(num_classes)
+    if masks is None:
+        return None
+    return masks[torch.arange(len(targets)), targets[:, LABEL]]
+
+
+def _drift(
+    maps: Tensor, targets: Tensor, previous: DriftReference, method: str, layer: str, size: tuple[int, int]
+) -> Tensor:
+    before = previous.maps.get(method, {}).get(layer)
+    if before is None or before.shape != maps.shape:
+        return torch.full((maps.shape[0],), math.nan, dtype=torch.float64)
+    same_class = previous.targets[:, LABEL] == targets[:, LABEL]
+    return torch.where(same_class, drift(maps, before, size).double(), math.nan)

@@ -1,0 +1,238 @@
+"""The SaliencyMonitor's hooks: when to evaluate, and what a fault does. Everything else is
+delegated (fit start: :mod:`.fit_start`; one evaluation: :mod:`.distributed` and
+:mod:`.evaluation`; what is logged: :mod:`.report` and :mod:`.publish`).
+
+It imports no Lightning namespace at run time: :mod:`saliency_monitor.callback`
+(``pytorch_lightning``) and :mod:`saliency_monitor.lightning` (``lightning.pytorch``) mix it
+into each namespace's ``Callback`` class, because the two packages are separate class trees
+and a Trainer only accepts callbacks of its own.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+from typing_extensions import override
+
+from ..engine.layers import validate_layer_names
+from ..engine.methods import MONITOR_METHODS
+from ..engine.relevance import DEFAULT_CONTEXT_SIZE
+from . import report
+from .config import MonitorConfig
+from .distributed import evaluate_splits
+from .fit_start import prepare
+from .keys import SPLITS, MetricKey
+from .publish import Pictures, publish
+from .state import MonitorState
+from .trainer import WarnOnce, eager, refuse_sharded_strategy
+
+if TYPE_CHECKING:  # the hooks' signatures are checked against pytorch_lightning's Callback
+    import pytorch_lightning as pl
+    from pytorch_lightning import Callback as _CallbackBase
+else:
+    _CallbackBase = object
+
+
+class SaliencyMonitorLogic(_CallbackBase):
+    """Backpropagation saliency on fixed probe images, logged while a model trains.
+
+    Add it to a Trainer; nothing else changes::
+
+        trainer = Trainer(callbacks=[SaliencyMonitor()], logger=WandbLogger(project="voc"))
+
+    At fit start (the baseline, e.g. the pretrained model before fine-tuning), then every
+    ``every_n_epochs`` (default 1) at train-epoch end or every ``every_n_train_steps``, it
+    computes on ``num_train_probes`` training and ``num_val_probes`` validation images
+    (drawn once from the dataloaders' datasets, spread across classes, without touching any
+    RNG or sampler that training uses) the maps of the label class (multilabel: the true
+    class with the highest score) and of the max- and min-predicted classes, plain and
+    meta (one SGD step on the single image's loss, §4.4), with each method at each layer and
+    combined across layers (§4.2), and logs (``split`` ∈ {train, val}; ``layer`` a layer name
+    or ``combined``; every value a mean over probes, NaN-probes left out; the layout is
+    :mod:`saliency_monitor.monitor.keys`):
+
+    - ``saliency/{split}/class_sensitivity/{method}/{layer}``: Spearman ρ between the maps of
+      the max- and min-predicted class (§4.3; near 0 = the map depends on the class).
+    - ``saliency/{split}/meta_class_sensitivity/{method}/{layer}``: the same on meta maps.
+    - ``saliency/{split}/meta_correlation/{method}/{layer}``: ρ between the label map and its
+      meta map (supp. D: lower on images the model has not fitted).
+    - ``saliency/meta_correlation_gap/{method}/{layer}``: train − val meta correlation, the
+      overfitting signal (and ``saliency/meta_correlation_gap_stderr/...``).
+    - ``saliency/{split}/drift/{method}/{layer}``: ρ between the label map now and at the
+      previous evaluation.
+    - ``saliency/{split}/total_variation/{method}/{layer}``: noise of the label map (TV of the
+      standardised map, Smooth Deep Saliency).
+    - ``saliency/{split}/pointing_game/{method}/{layer}``: fraction of probes whose label map
+      peaks within ``pointing_tolerance`` px of the class's boxes/masks (only when the
+      probes carry them).
+    - ``saliency/{split}/relevance_ssim/{method}/{layer}`` (methods that refine another's maps:
+      ``salient_relevance``): SSIM between the LRP map and its Salient Relevance map (Beyond
+      Saliency's measure of how much the detection reshapes the relevance).
+    - ``saliency/{split}/{metric}_stderr/{method}/{layer}``: the standard error of each mean.
+    - ``saliency/{split}/prediction_difference`` (``smooth="forward"`` only): mean over probes
+      and classes of |p_smoothed − p|, how far the forward smoothing moves the predictions.
+    - ``saliency/time_s`` (seconds the evaluation took), ``saliency/meta_lr`` (the meta step
+      used), ``saliency/errors`` (faults caught with ``on_error="warn"``).
+    - Pictures ``saliency_maps/{split}`` (one grid per method: for ``num_logged_images``
+      probes, the image, each layer's map and the combined map, plain and meta, of the
+      label class) and a per-probe table ``saliency_probes/{split}`` (W&B; TensorBoard gets
+      the pictures and a text table, CSVLogger PNG files and a CSV table in its directory).
+
+    Every scalar also lands in ``trainer.callback_metrics`` (usable by ModelCheckpoint or
+    EarlyStopping); with no logger it is the only output (warned once).
+
+    The keyword arguments are the options of :class:`~saliency_monitor.monitor.config.MonitorConfig`
+    (each documented there), checked when the monitor is built; ``monitor.config`` holds them.
+    """
+
+    def __init__(
+        self,
+        *,
+        layers: Sequence[str] | None = None,
+        methods: Sequence[str] = MONITOR_METHODS,
+        num_train_probes: int = 16,
+        num_val_probes: int = 16,
+        every_n_epochs: int | None = None,
+        every_n_train_steps: int | None = None,
+        meta_lr: float | str | None = "calibrate",
+        task: str | None = None,
+        meta_params: str = "all",
+        class_names: Sequence[str] | None = None,
+        batch_to_probe: Callable[[Any], Any] | None = None,
+        output_to_logits: Callable[[Any], Tensor] | None = None,
+        smooth: str | None = None,
+        lrp_composite: Any = "epsilon_plus_flat",
+        context_size: int = DEFAULT_CONTEXT_SIZE,
+        num_logged_images: int = 4,
+        combine_weights: str = "uniform",
+        combine_mode: str = "sum",
+        pointing_tolerance: float = 15.0,
+        probe_batch_size: int = 16,
+        seed: int = 0,
+        on_error: str = "warn",
+        colormap: str = "turbo",
+    ) -> None:
+        super().__init__()
+        self.config = MonitorConfig(
+            layers=layers, methods=methods, num_train_probes=num_train_probes, num_val_probes=num_val_probes,
+            every_n_epochs=every_n_epochs, every_n_train_steps=every_n_train_steps, meta_lr=meta_lr, task=task,
+            meta_params=meta_params, class_names=class_names, batch_to_probe=batch_to_probe,
+            output_to_logits=output_to_logits, smooth=smooth, lrp_composite=lrp_composite, context_size=context_size,
+            num_logged_images=num_logged_images, combine_weights=combine_weights, combine_mode=combine_mode,
+            pointing_tolerance=pointing_tolerance, probe_batch_size=probe_batch_size, seed=seed, on_error=on_error,
+            colormap=colormap,
+        )
+        self.state = MonitorState()
+        self._warn = WarnOnce()
+
+    @property
+    def last_pictures(self) -> Pictures:
+        """The latest evaluation's pictures on rank 0: ``{split: [(uint8 (H, W, 3) array, caption)]}``,
+        one per method (empty before the first evaluation or with ``num_logged_images=0``)."""
+        return dict(self.state.last_pictures)
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        refuse_sharded_strategy(trainer.strategy)
+        if self.config.layers is not None:
+            validate_layer_names(pl_module, self.config.layers)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with eager():
+            prepare(self.config, self.state, trainer, pl_module, SPLITS, self._warn)
+        if self.state.evaluations == 0:  # the baseline (skipped when resuming)
+            self._run(trainer, pl_module, tuple(self.state.probes))
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        every, step = self.config.every_n_train_steps, trainer.global_step
+        if every and step > self.state.last_step and step % every == 0:
+            self._run(trainer, pl_module, tuple(self.state.probes))
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        every = self.config.every_n_epochs
+        if every and (trainer.current_epoch + 1) % every == 0 and trainer.global_step > self.state.last_step:
+            self._run(trainer, pl_module, tuple(self.state.probes))
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A standalone ``trainer.validate()`` evaluates the val probes once."""
+        if trainer.sanity_checking or trainer.state.fn != "validate":
+            return
+        with eager():
+            prepare(self.config, self.state, trainer, pl_module, ("val",), self._warn)
+        if "val" in self.state.probes:
+            self._run(trainer, pl_module, ("val",))
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.state.state_dict(self.config.seed)
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.state.load_state_dict(state_dict)
+
+    # ------------------------------------------------------------------ one evaluation
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, splits: Sequence[str]) -> None:
+        """One evaluation, with ``on_error`` deciding what a fault does."""
+        if not splits or self.state.plan is None:
+            return
+        try:
+            with eager():
+                self._evaluate(trainer, pl_module, splits)
+        except Exception as error:  # noqa: BLE001 - the monitor must not kill training unless asked
+            if self.config.on_error == "raise":
+                raise
+            self.state.errors += 1
+            self.state.last_step = trainer.global_step
+            self._warn(trainer, "error", (
+                f"SaliencyMonitor: evaluation at step {trainer.global_step} failed and was skipped; training "
+                f"goes on (on_error='warn'; later faults are only counted in saliency/errors):\n"
+                + "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            ))
+            try:
+                publish(trainer, {MetricKey(None, "errors"): float(self.state.errors)}, {}, {}, self._warn)
+            except Exception:  # noqa: BLE001 - a failing logger: already reported above, counted here
+                self.state.errors += 1
+
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, splits: Sequence[str]) -> None:
+        start = time.perf_counter()
+        state, config, plan = self.state, self.config, self.state.plan
+        assert plan is not None
+        results = evaluate_splits(trainer, pl_module, splits, state.probes, state.previous, plan)
+        for split, result in results.items():
+            if result.nonfinite:
+                self._warn(trainer, "nonfinite", (
+                    f"SaliencyMonitor: at step {trainer.global_step} some {split} maps overflowed to inf/NaN "
+                    f"(probes per map: {result.nonfinite}); their metrics are NaN. With meta maps this means the meta "
+                    f"step ({plan.meta_lr}) is too large for the model now: pass a smaller `meta_lr`."
+                ))
+        scalars = report.summary_scalars(results)
+        rank_zero = trainer.is_global_zero
+        state.last_pictures = report.pictures(
+            results, state.probes, plan, state.class_name, config.num_logged_images, config.colormap
+        ) if rank_zero else {}
+        scalars[MetricKey(None, "time_s")] = time.perf_counter() - start
+        if plan.meta_lr is not None:
+            scalars[MetricKey(None, "meta_lr")] = plan.meta_lr
+        scalars[MetricKey(None, "errors")] = float(state.errors)
+        state.previous.update({split: result.reference for split, result in results.items()})
+        state.evaluations += 1
+        state.last_step = trainer.global_step
+        tables = {
+            split: report.probe_table(result, state.identities[split], plan, state.class_name,
+                                      with_boxes=state.probes[split].boxes is not None)
+            for split, result in results.items()
+        } if rank_zero else {}
+        publish(trainer, scalars, state.last_pictures, tables, self._warn)
