@@ -15,6 +15,7 @@ from typing import Any, TypeGuard, overload
 
 import torch
 
+
 def describe(value: object) -> str:
     """A short description of ``value`` for an error message (never a huge repr)."""
     if isinstance(value, torch.Tensor):

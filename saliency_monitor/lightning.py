@@ -9,5 +9,7 @@ import lightning.pytorch as L
 from .monitor.logic import SaliencyMonitorLogic
 
 
-class SaliencyMonitor(SaliencyMonitorLogic, L.Callback):
+# The logic's hooks are typed against pytorch_lightning's Callback; lightning.pytorch's is a
+# separate class tree with the same signatures, which mypy cannot reconcile with the first.
+class SaliencyMonitor(SaliencyMonitorLogic, L.Callback):  # type: ignore[misc]
     __doc__ = SaliencyMonitorLogic.__doc__

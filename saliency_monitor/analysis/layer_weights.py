@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -135,7 +136,7 @@ def layer_weights(
     num_layers: int | None = None,
     features: Sequence[Tensor] | None = None,
     labels: Tensor | None = None,
-    **probe_kwargs: object,
+    **probe_kwargs: Any,
 ) -> Tensor:
     """Normalised layer weights γ (J,) float64 by one of :data:`WEIGHTINGS`.
 
@@ -161,13 +162,14 @@ def layer_weights(
         if num_layers is None:
             raise ValueError(f"Expected `num_layers` or `features` for scheme {scheme!r}, but got neither.")
         return fixed_weights(scheme, num_layers)
-    if features is None or (scheme == "probe_accuracy" and labels is None):
-        needs = "`features` and `labels`" if scheme == "probe_accuracy" else "`features`"
-        raise ValueError(f"Expected {needs} for scheme {scheme!r}, but got None.")
-    check_int(len(features), "num_layers", minimum=1)
-    if scheme == "feature_spread":
+    if scheme == "feature_spread" and features is not None:
+        check_int(len(features), "num_layers", minimum=1)
         return normalize_weights(torch.stack([feature_spread(f) for f in features]))
-    return normalize_weights(torch.stack([probe_accuracy(f, labels, **probe_kwargs) for f in features]))
+    if scheme == "probe_accuracy" and features is not None and labels is not None:
+        check_int(len(features), "num_layers", minimum=1)
+        return normalize_weights(torch.stack([probe_accuracy(f, labels, **probe_kwargs) for f in features]))
+    needs = "`features` and `labels`" if scheme == "probe_accuracy" else "`features`"
+    raise ValueError(f"Expected {needs} for scheme {scheme!r}, but got None.")
 
 
 def _pool(features: Tensor, name: str) -> Tensor:

@@ -38,15 +38,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from ..engine import compute_saliency
+from ..engine.compute import saliency_maps, saliency_options
 from ..engine.layers import trace_forward
+from ..engine.meta import check_meta_lr
 from ..engine.model_io import OutputToLogits, check_images
 from ..metrics import map_correlation
 
@@ -154,26 +155,22 @@ def cascading_randomization(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"Expected `seed` to be an int, but got {seed!r}.")
     order = randomization_order(model, images, batchnorm) if modules is None else _check_modules(model, modules)
-    layers = [layer] if isinstance(layer, str) else list(layer)
-    methods = [method] if isinstance(method, str) else list(method)
-    common = dict(layers=layers, methods=methods, task=task, output_to_logits=output_to_logits,
-                  output_size=tuple(images.shape[-2:]))
-    variants = [None] if meta_lr is None else [None, meta_lr]
-
+    plain = saliency_options(layer, method, task=task, output_to_logits=output_to_logits,
+                             output_size=(images.shape[-2], images.shape[-1]))
+    variants = {"": plain} if meta_lr is None else {"": plain, "+meta": replace(plain, meta_lr=check_meta_lr(meta_lr))}
     clone = copy.deepcopy(model)
     named = dict(clone.named_modules())
-    keys = {(m, lr): m if lr is None else f"{m}+meta" for lr in variants for m in methods}
-    reference = {lr: compute_saliency(clone, images, targets, meta_lr=lr, **common) for lr in variants}
-    rows: dict[str, dict[str, list[Tensor]]] = {key: {name: [] for name in layers} for key in keys.values()}
+    reference = {suffix: saliency_maps(clone, images, targets, options) for suffix, options in variants.items()}
+    rows: dict[str, dict[str, list[Tensor]]] = {}
     for step in (None, *order):  # one step's maps at a time: memory does not grow with the steps
         if step is not None:
             _reset(named[step], _module_seed(seed, step))
-        for lr in variants:
-            maps = reference[lr] if step is None else compute_saliency(clone, images, targets, meta_lr=lr, **common)
-            for m in methods:
-                for name in layers:
-                    rho = map_correlation(maps[m][name][:, 0], reference[lr][m][name][:, 0], None)
-                    rows[keys[m, lr]][name].append(rho.double().cpu())
+        for suffix, options in variants.items():
+            maps = reference[suffix] if step is None else saliency_maps(clone, images, targets, options)
+            for name, per_layer in maps.items():
+                for layer_name, value in per_layer.items():
+                    rho = map_correlation(value[:, 0], reference[suffix][name][layer_name][:, 0], None)
+                    rows.setdefault(name + suffix, {}).setdefault(layer_name, []).append(rho.double().cpu())
     correlations = {key: {name: torch.stack(per) for name, per in table.items()} for key, table in rows.items()}
     return RandomizationResult((ORIGINAL, *order), correlations, targets.cpu())
 
@@ -183,7 +180,7 @@ def _reset(module: nn.Module, seed: int) -> None:
     devices = sorted({p.device.index or 0 for p in module.parameters(recurse=False) if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
-        module.reset_parameters()
+        getattr(module, "reset_parameters")()  # noqa: B009 - checked callable by randomization_order
 
 
 def _module_seed(seed: int, name: str) -> int:

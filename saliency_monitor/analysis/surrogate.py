@@ -14,8 +14,9 @@ state is restored afterwards; all randomness (init, shuffling) comes from a loca
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,6 @@ from torch import Tensor, nn
 from .._checks import check_int, check_number
 from ..engine.task import check_task, class_probabilities
 from ..monitor.probes import parse_batch
-
 
 
 @dataclass(frozen=True)
@@ -64,23 +64,22 @@ class BilinearDownsample(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: tuple[int, int],
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-        dilation: tuple[int, int],
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...],
+        padding: int | tuple[int, ...],
+        dilation: int | tuple[int, ...],
         *,
         groups: int = 1,
-        padding_mode: str = "zeros",
+        padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
-        factory = {"dtype": dtype, "device": device}
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, groups=groups,
-                               padding_mode=padding_mode, **factory)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, **factory)
+                               padding_mode=padding_mode, dtype=dtype, device=device)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, dtype=dtype, device=device)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, *, generator: torch.Generator | None = None) -> BilinearDownsample:
@@ -99,11 +98,11 @@ class BilinearDownsample(nn.Module):
                 module.conv1.weight.copy_(conv.weight)
             else:
                 nn.init.kaiming_uniform_(module.conv1.weight, a=5 ** 0.5, generator=generator)
-            module.conv1.bias.zero_()
+            nn.init.zeros_(_bias(module.conv1))
             if conv.bias is not None:
-                module.conv1.bias.copy_(conv.bias)
+                _bias(module.conv1).copy_(conv.bias)
             nn.init.dirac_(module.conv2.weight)
-            module.conv2.bias.zero_()
+            nn.init.zeros_(_bias(module.conv2))
         return module
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
@@ -137,7 +136,8 @@ def fit_bilinear_surrogate(
             runs in eval mode); every stride-2 convolution must run exactly once per forward.
         images: the fitting images, a (N, C, H, W) floating tensor or an iterable of such
             batches, or a DataLoader of batches :func:`~saliency_monitor.probes.parse_batch`
-            reads (its labels are not used: pass ``labels`` for accuracies); consumed once. The same images serve for the report's accuracies
+            reads (its labels are not used: pass ``labels`` for accuracies); consumed once. The same
+            images serve for the report's accuracies
             (in-sample evaluation). All recorded (input, output) pairs are kept in memory.
         labels: for the accuracies: (N,) class indices (top-1 accuracy) or (N, K) multi-hot
             (fraction of images whose top class is a true class). Without labels, both
@@ -167,7 +167,9 @@ def fit_bilinear_surrogate(
         records, original = _record(frozen, x, names, batch_size)
         fit_l1 = {}
         for name in names:
-            replacement = BilinearDownsample.from_conv(frozen.get_submodule(name), generator=generator)
+            conv = frozen.get_submodule(name)
+            assert isinstance(conv, nn.Conv2d)  # _strided_names found it as one
+            replacement = BilinearDownsample.from_conv(conv, generator=generator)
             inputs, outputs = records.pop(name)
             fit_l1[name] = _train(replacement, inputs, outputs, epochs, lr, batch_size, generator)
             _replace(frozen, name, replacement.eval())
@@ -247,7 +249,7 @@ def _record(
     """Inputs and outputs of each named conv on ``x`` (no_grad), and the logits."""
     seen: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in names}
 
-    def hook(name: str):  # noqa: ANN202
+    def hook(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
         return lambda module, args, output: seen[name].append((args[0].detach(), output.detach()))
 
     handles = [frozen.get_submodule(name).register_forward_hook(hook(name)) for name in names]
@@ -296,6 +298,13 @@ def _train(
         pairs = zip(inputs.split(batch_size), outputs.split(batch_size))
         error = sum(float((module(a) - b).abs().sum()) for a, b in pairs)
     return error / max(float(outputs.abs().sum()), 1e-12)
+
+
+def _bias(conv: nn.Conv2d) -> Tensor:
+    """The bias of a convolution built with one."""
+    if conv.bias is None:
+        raise ValueError("Expected a convolution with a bias.")
+    return conv.bias
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -173,7 +173,7 @@ def aggregate_outer(g: Tensor, x: Tensor, geometry: ConvGeometry, aggregation: s
         g_high, g_low = gg.amax(dim=3), gg.amin(dim=3)
         p_high = geometry.patch_max(xg.amax(dim=2)).unsqueeze(1)
         p_low = -geometry.patch_max(-xg.amin(dim=2)).unsqueeze(1)
-        high = torch.maximum(torch.maximum(g_high * p_high, g_high * p_low), torch.maximum(g_low * p_high, g_low * p_low))
+        high = torch.maximum(g_high * p_high, g_high * p_low).maximum(torch.maximum(g_low * p_high, g_low * p_low))
         return high.amax(dim=2)
     if aggregation == "maxabs":
         mg, mx = gg.abs().amax(dim=3), xg.abs().amax(dim=2)

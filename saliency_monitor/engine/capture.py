@@ -190,4 +190,11 @@ def _backward_per_target(scores: Tensor, activations: list[Tensor], names: Seque
     unused = [n for n, g in zip(names, per_target[0]) if g is None]
     if unused:
         raise ValueError(f"Expected every layer to influence the logits, but {unused} do not.")
-    return [torch.stack([grads[i] for grads in per_target], dim=1) for i in range(len(activations))]
+    return [torch.stack([_used(grads[i]) for grads in per_target], dim=1) for i in range(len(activations))]
+
+
+def _used(gradient: Tensor | None) -> Tensor:
+    """A gradient ``autograd.grad(..., allow_unused=True)`` returned (None only for unused inputs)."""
+    if gradient is None:
+        raise RuntimeError("a layer influenced one target's logit but not another's")
+    return gradient

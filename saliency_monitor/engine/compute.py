@@ -8,7 +8,7 @@ them (the monitor, at every evaluation) never checks them again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +34,11 @@ from .task import check_task
 
 SaliencyMaps = dict[str, dict[str, Tensor]]
 """``maps[method][layer]`` -> float32 (B, T, h, w)."""
+
+
+def map_each(maps: Mapping[str, Mapping[str, Tensor]], fn: Callable[[Tensor], Tensor]) -> dict[str, dict[str, Tensor]]:
+    """``fn`` applied to every method's map at every layer (the nesting kept)."""
+    return {method: {layer: fn(value) for layer, value in per_layer.items()} for method, per_layer in maps.items()}
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,8 @@ def saliency_maps(model: nn.Module, images: Tensor, targets: object, options: Sa
     if relevance:
         maps.update(_relevance_maps(model, images, targets, layers, relevance, names, options))
     if options.output_size is not None:
-        maps = {m: {l: resize_maps(t, options.output_size) for l, t in per.items()} for m, per in maps.items()}
+        size = options.output_size
+        maps = map_each(maps, lambda value: resize_maps(value, size))
     return {method.name: maps[method.name] for method in options.methods}
 
 

@@ -21,14 +21,14 @@ chunking the patch-to-candidate distances.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_int, check_number
+from .._checks import check_int, check_number, is_real
 from ..metrics.maps import minmax_normalize, resize_maps
 
 __all__ = ["context_aware_saliency"]
@@ -106,7 +106,9 @@ def context_aware_saliency(
         focus_threshold, "focus_threshold", expected="a number in (0, 1]", valid=lambda v: 0 < v <= 1
     )
     if center_sigma is not None:
-        center_sigma = check_number(center_sigma, "center_sigma", expected="None or a number > 0", valid=lambda v: v > 0)
+        center_sigma = check_number(
+            center_sigma, "center_sigma", expected="None or a number > 0", valid=lambda v: v > 0
+        )
 
     dtype = torch.float64 if maps.dtype == torch.float64 else torch.float32
     height, width = _working_shape(maps.shape[-2], maps.shape[-1], size)
@@ -164,7 +166,8 @@ def _candidates(
             self_offset = offset
             block, block_centre = patches, centres
         else:
-            block, block_centre, _ = _patches(resize_maps(image, shape, antialias=True), patch_size, stride, (height, width))
+            shrunk = resize_maps(image, shape, antialias=True)
+            block, block_centre, _ = _patches(shrunk, patch_size, stride, (height, width))
         blocks.append(block)
         block_centres.append(block_centre)
         offset += block.shape[1]
@@ -381,14 +384,11 @@ def _check_patch_size(value: object) -> int:
 
 
 def _check_scales(name: str, value: object) -> tuple[float, ...]:
-    valid = (
+    if (
         isinstance(value, (tuple, list))
         and len(value) > 0
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in value)
+        and all(is_real(v) and 0 < float(v) <= 1 for v in value)
         and len(set(value)) == len(value)
-    )
-    if not valid:
-        raise ValueError(
-            f"Expected `{name}` to be a non-empty sequence of distinct numbers in (0, 1], but got {value!r}."
-        )
-    return tuple(float(v) for v in value)  # type: ignore[union-attr]
+    ):
+        return tuple(float(v) for v in value)
+    raise ValueError(f"Expected `{name}` to be a non-empty sequence of distinct numbers in (0, 1], but got {value!r}.")

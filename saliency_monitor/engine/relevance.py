@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -90,7 +91,7 @@ class RelevanceModel:
         """Within the block, the copy's parameters are ``theta`` (missing names: unchanged)."""
         if self._original is None:
             self._original = [p.detach().clone() for p in self.parameters.values()]
-        targets = [p for n, p in self.parameters.items() if n in theta]
+        targets: list[Tensor] = [p for n, p in self.parameters.items() if n in theta]
         with torch.no_grad():
             torch._foreach_copy_(targets, [theta[n] for n in self.parameters if n in theta])
         try:
@@ -181,7 +182,7 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
     try:
         with torch.inference_mode(False):
             duplicate = copy.deepcopy(model)
-    except Exception as error:  # noqa: BLE001 - any failure to copy has the same remedy
+    except Exception as error:
         raise TypeError(
             f"Expected a model that copy.deepcopy can copy (LRP runs on a private copy so that zennit's "
             f"canonizers never touch your model), but copying {type(model).__name__} failed: {error}"
@@ -192,7 +193,7 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
     return duplicate.eval()
 
 
-def _make_composite(spec: object, resnet: bool, images: Tensor) -> object:
+def _make_composite(spec: object, resnet: bool, images: Tensor) -> Any:
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
     from zennit.torchvision import ResNetCanonizer

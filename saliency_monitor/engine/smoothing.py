@@ -68,12 +68,9 @@ class _AverageGradient(torch.autograd.Function):
 
 def phase_averaged_conv(conv: nn.Conv2d, x: Tensor, out_size: tuple[int, int]) -> Tensor:
     """The stride-2 ``conv`` of ``x`` averaged over its four sampling phases (see module doc)."""
-    if conv.padding_mode != "zeros":
-        ph, pw = conv.padding
-        padded = F.pad(x, (pw, pw, ph, ph), mode=conv.padding_mode)
-        dense = F.conv2d(padded, conv.weight, conv.bias, 1, 0, conv.dilation, conv.groups)
-    else:
-        dense = F.conv2d(x, conv.weight, conv.bias, 1, conv.padding, conv.dilation, conv.groups)
+    ph, pw = (0, 0) if isinstance(conv.padding, str) else conv.padding  # "same" is refused by strided convs
+    padded = F.pad(x, (pw, pw, ph, ph), mode="constant" if conv.padding_mode == "zeros" else conv.padding_mode)
+    dense = F.conv2d(padded, conv.weight, conv.bias, 1, 0, conv.dilation, conv.groups)
     height, width = out_size
     total = torch.zeros(*dense.shape[:2], height, width, dtype=dense.dtype, device=dense.device)
     count = torch.zeros(1, 1, height, width, dtype=dense.dtype, device=dense.device)

@@ -110,11 +110,13 @@ def combine_maps(
     dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
-    combined = None
+    terms = []
     for g, m in zip(gamma.tolist(), tensors):
-        m = minmax_normalize(resize_maps(m.to(dtype), target))
-        term = g * m if mode == "sum" else m.pow(g)
-        combined = term if combined is None else (combined + term if mode == "sum" else combined * term)
+        normalised = minmax_normalize(resize_maps(m.to(dtype), target))
+        terms.append(g * normalised if mode == "sum" else normalised.pow(g))
+    combined = terms[0]
+    for term in terms[1:]:
+        combined = combined + term if mode == "sum" else combined * term
     return combined
 
 

@@ -9,7 +9,6 @@ from torch import Tensor
 
 from .maps import minmax_normalize
 
-
 _SSIM_WINDOW, _SSIM_SIGMA, _SSIM_K1, _SSIM_K2 = 11, 1.5, 0.01, 0.03
 
 

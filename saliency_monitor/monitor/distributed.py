@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ..engine.compute import map_each
 from .evaluation import DriftReference, EvaluationPlan, LabelMaps, SplitEvaluation, evaluate_probes
 from .keys import COMBINED
 from .probes import ProbeBatch
@@ -79,8 +80,7 @@ def shard_sizes(count: int, world_size: int) -> list[int]:
 def select_reference(reference: DriftReference | None, indices: list[int]) -> DriftReference | None:
     if reference is None:
         return None
-    maps = LabelMaps({m: {l: t[indices] for l, t in per_layer.items()} for m, per_layer in reference.maps.items()})
-    return DriftReference(maps, reference.targets[indices])
+    return DriftReference(LabelMaps(map_each(reference.maps, lambda t: t[indices])), reference.targets[indices])
 
 
 def agree(strategy: Any, error: BaseException | None) -> None:
@@ -106,14 +106,17 @@ def gather_evaluation(strategy: Any, local: SplitEvaluation, sizes: list[int]) -
     def gather_maps(maps: LabelMaps | None) -> LabelMaps | None:
         if maps is None:
             return None
-        return LabelMaps({m: {l: gather(t) for l, t in per_layer.items()} for m, per_layer in maps.items()})
+        return LabelMaps(map_each(maps, gather))
 
-    maps, meta_maps = gather_maps(local.maps), gather_maps(local.meta_maps)
+    maps, meta_maps = LabelMaps(map_each(local.maps, gather)), gather_maps(local.meta_maps)
     # evaluate_probes blanks (NaN) every map of a probe that overflowed: count them again, real rows only
-    kinds = {"plain": maps, "meta": meta_maps or {}}
+    kinds: dict[str, LabelMaps] = {"plain": maps, "meta": meta_maps or LabelMaps({})}
     counts = {
-        f"{kind}/{m}/{l}": int(t.flatten(1).isnan().all(1).sum())
-        for kind, table in kinds.items() for m, per_layer in table.items() for l, t in per_layer.items() if l != COMBINED
+        f"{kind}/{m}/{layer}": int(t.flatten(1).isnan().all(1).sum())
+        for kind, table in kinds.items()
+        for m, per_layer in table.items()
+        for layer, t in per_layer.items()
+        if layer != COMBINED
     }
     return SplitEvaluation(
         nonfinite={key: count for key, count in counts.items() if count},

@@ -33,7 +33,7 @@ from typing import NewType
 import torch
 from torch import Tensor, nn
 
-from ..engine.compute import SaliencyMaps, SaliencyOptions, saliency_maps
+from ..engine.compute import SaliencyMaps, SaliencyOptions, map_each, saliency_maps
 from ..engine.methods import Method, with_sources
 from ..engine.model_io import model_logits
 from ..engine.smoothing import smoothing
@@ -240,12 +240,12 @@ def _per_probe_values(
                 hits = pointing_hits(maps[:, LABEL], masks, plan.pointing_tolerance).double()
                 found["pointing_game"] = torch.where(masks.flatten(1).any(1), hits, math.nan)
             values.update({MetricKey(None, metric, method, layer): value for metric, value in found.items()})
-    for method in plan.methods:
-        if method.refines is not None:  # how much the refinement reshaped its source's maps
-            for layer, refined in plain[method.name].items():
-                source = resize_maps(plain[method.refines][layer][:, LABEL], size)
+    for refining in plan.methods:
+        if refining.refines is not None:  # how much the refinement reshaped its source's maps
+            for layer, refined in plain[refining.name].items():
+                source = resize_maps(plain[refining.refines][layer][:, LABEL], size)
                 similarity = structural_similarity(source, resize_maps(refined[:, LABEL], size))
-                values[MetricKey(None, "relevance_ssim", method.name, layer)] = similarity
+                values[MetricKey(None, "relevance_ssim", refining.name, layer)] = similarity
     return values
 
 
@@ -258,23 +258,23 @@ def summarize(values: dict[MetricKey, Tensor]) -> dict[MetricKey, tuple[float, f
 
 
 def _to_cpu(maps: SaliencyMaps) -> SaliencyMaps:
-    return {m: {l: t.float().cpu() for l, t in per_layer.items()} for m, per_layer in maps.items()}
+    return map_each(maps, lambda t: t.float().cpu())
 
 
 def _cat(parts: Sequence[SaliencyMaps]) -> SaliencyMaps:
-    return {m: {l: torch.cat([p[m][l] for p in parts]) for l in parts[0][m]} for m in parts[0]}
+    return {m: {layer: torch.cat([p[m][layer] for p in parts]) for layer in parts[0][m]} for m in parts[0]}
 
 
 def _blank_nonfinite(maps: SaliencyMaps) -> tuple[SaliencyMaps, dict[str, dict[str, Tensor]]]:
     """Maps (N, T, h, w) with every probe that has a non-finite value set to NaN, and the
     (N,) bool of those probes per method and layer (``"combined"``: any layer)."""
-    bad = {m: {l: ~t.isfinite().flatten(1).all(1) for l, t in per_layer.items()} for m, per_layer in maps.items()}
-    for per_layer in bad.values():
-        per_layer[COMBINED] = torch.stack(list(per_layer.values())).any(0)
+    bad = map_each(maps, lambda t: ~t.isfinite().flatten(1).all(1))
     blanked = {
-        m: {l: torch.where(bad[m][l][:, None, None, None], math.nan, t) for l, t in per_layer.items()}
+        m: {layer: torch.where(bad[m][layer][:, None, None, None], math.nan, t) for layer, t in per_layer.items()}
         for m, per_layer in maps.items()
     }
+    for per_layer in bad.values():
+        per_layer[COMBINED] = torch.stack(list(per_layer.values())).any(0)
     return blanked, bad
 
 
@@ -288,8 +288,8 @@ def _with_combined(maps: SaliencyMaps, plan: EvaluationPlan, size: tuple[int, in
 
 
 def _label_only(maps: SaliencyMaps, methods: set[str]) -> LabelMaps:
-    return LabelMaps({m: {l: t[:, LABEL].contiguous() for l, t in per_layer.items()}
-                      for m, per_layer in maps.items() if m in methods})
+    kept = {method: per_layer for method, per_layer in maps.items() if method in methods}
+    return LabelMaps(map_each(kept, lambda t: t[:, LABEL].contiguous()))
 
 
 def _label_masks(probes: ProbeBatch, targets: Tensor, num_classes: int) -> Tensor | None:

@@ -38,7 +38,7 @@ def prepare(
     seed = restored.get("seed", config.seed)
     sources = {"train": trainer.train_dataloader, "val": trainer.val_dataloaders}
     counts = {"train": config.num_train_probes, "val": config.num_val_probes}
-    if trainer.fast_dev_run:
+    if getattr(trainer, "fast_dev_run", False):  # set by the Trainer, not in its type stubs
         counts = {split: min(count, 2) for split, count in counts.items()}
     for split in splits:
         if split in state.probes or counts[split] == 0:
@@ -108,7 +108,7 @@ def _restart_changed_layers(
     kept = set(previous) & set(layers)  # the combined map is another combination now: dropped
     state.previous = {
         split: DriftReference(
-            LabelMaps({m: {l: t for l, t in per_layer.items() if l in kept} for m, per_layer in ref.maps.items()}),
+            LabelMaps({m: {layer: t for layer, t in per.items() if layer in kept} for m, per in ref.maps.items()}),
             ref.targets,
         )
         for split, ref in state.previous.items()

@@ -191,7 +191,7 @@ class SaliencyMonitorLogic(_CallbackBase):
         try:
             with eager():
                 self._evaluate(trainer, pl_module, splits)
-        except Exception as error:  # noqa: BLE001 - the monitor must not kill training unless asked
+        except Exception as error:
             if self.config.on_error == "raise":
                 raise
             self.state.errors += 1

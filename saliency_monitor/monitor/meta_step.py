@@ -11,9 +11,10 @@ start, on the training probes, and holds it fixed so later evaluations stay comp
     label-class map over the training probes equals ``CALIBRATION_TARGET`` (0.95),
 
 found by a geometric search (decades 1e-4 … 1e-1, then bisection in log space), clamped to
-[1e-4, 0.1]; a step at which any method's map overflows float32 counts as too large. Why 0.95 (study: 3 overfitting runs, 16 + 16 probes, 8 steps 5e-4 … 0.1):
-every step gave |gap| below 1.5 standard errors before training; once the model memorised
-its training set the gap stood at 2.4–4.3 standard errors for every step ≥ 0.002, levelling
+[1e-4, 0.1]; a step at which any method's map overflows float32 counts as too large.
+Why 0.95 (study: 3 overfitting runs, 16 + 16 probes, 8 steps 5e-4 … 0.1): every step gave
+|gap| below 1.5 standard errors before training; once the model memorised its training set
+the gap stood at 2.4–4.3 standard errors for every step ≥ 0.002, levelling
 off above ~0.005; target 0.95 picked 0.005–0.01, inside that plateau, while 0.9 and 0.8 ran
 to the grid's edge (0.05–0.1), where meta-saliency pushes linear_approx's class sensitivity
 from −0.3 to +0.5 (the paper's Fig. 7 effect is best at small steps, 0.001–0.002).

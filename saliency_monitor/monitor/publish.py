@@ -29,7 +29,7 @@ def publish(
     if not trainer.is_global_zero:
         return
     adapters = adapt_loggers([logger for logger in trainer.loggers if not is_placeholder(logger)])
-    if not adapters and not trainer.fast_dev_run:
+    if not adapters and not getattr(trainer, "fast_dev_run", False):
         warn(trainer, "no-logger", "SaliencyMonitor: the trainer has no logger; saliency metrics are only stored in "
              "trainer.callback_metrics.")
     for adapter in adapters:

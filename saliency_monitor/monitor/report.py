@@ -53,9 +53,10 @@ def pictures(
                 label = int(result.targets[i, LABEL])
                 caption = f"{class_name(label)} p={float(result.probabilities[i, label]):.2f}"
                 image = probes[split].images[i]
-                rows.append(GridRow(image, [result.maps[method.name][l][i] for l in layers], f"{caption} · plain"))
+                plain = [result.maps[method.name][layer][i] for layer in layers]
+                rows.append(GridRow(image, plain, f"{caption} · plain"))
                 if result.meta_maps is not None:
-                    meta = [result.meta_maps[method.name][l][i] for l in layers]
+                    meta = [result.meta_maps[method.name][layer][i] for layer in layers]
                     rows.append(GridRow(image, meta, f"{caption} · meta"))
             grid = saliency_grid(rows, columns, colormap=colormap, title=f"{split} · {method} · label class")
             grids.append((grid, f"{split} {method}: image, layer maps, combined (plain and meta rows)"))

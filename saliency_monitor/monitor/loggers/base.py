@@ -11,12 +11,13 @@ with the same message whichever backend is configured.
 
 from __future__ import annotations
 
-import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Protocol, Union, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from ..._checks import is_int, is_real
 
 __all__ = [
     "Cell",
@@ -29,7 +30,7 @@ __all__ = [
     "check_table",
 ]
 
-Cell = Union[str, int, float]
+Cell = str | int | float
 """One table cell: a string or a number (NaN allowed)."""
 
 
@@ -61,8 +62,9 @@ class LoggerAdapter(ABC):
     name: str
     supports_images: bool = True
 
-    def __init__(self, logger: object) -> None:
+    def __init__(self, logger: Any) -> None:
         self.logger = logger
+        """The wrapped Lightning logger (duck-typed: both Lightning namespaces)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.logger).__name__})"
@@ -94,16 +96,12 @@ class LoggerAdapter(ABC):
 # --------------------------------------------------------------------------- checks
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def check_step(step: object) -> int:
     """An int >= 0 (numpy integers accepted; bools are not)."""
     message = f"Expected `step` to be an int >= 0, but got {step!r}."
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+    if not is_int(step):
         raise TypeError(message)
-    if step < 0:
+    if int(step) < 0:
         raise ValueError(message)
     return int(step)
 
@@ -116,7 +114,7 @@ def check_scalars(values: object) -> dict[str, float]:
     for key, value in values.items():
         if not isinstance(key, str) or not key:
             raise TypeError(f"Expected the keys of `values` to be non-empty strings, but got {key!r}.")
-        if not _is_real(value):
+        if not is_real(value):
             raise TypeError(f"Expected `values[{key!r}]` to be a real number (NaN allowed), but got {value!r}.")
         checked[key] = float(value)
     return checked
@@ -162,9 +160,9 @@ def check_images(images: object, captions: object) -> tuple[list[np.ndarray], li
 def _check_cell(cell: object, r: int, c: int) -> Cell:
     if isinstance(cell, str):
         return str(cell)
-    if isinstance(cell, numbers.Integral) and not isinstance(cell, bool):
+    if is_int(cell):
         return int(cell)
-    if _is_real(cell):
+    if is_real(cell):
         return float(cell)
     raise TypeError(f"Expected `rows[{r}][{c}]` to be a str, int or float, but got {cell!r}.")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import os
 import posixpath
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,7 @@ class CSVAdapter(LoggerAdapter):
             writer.writerows([step, *row] for row in rows)
 
 
-def _filesystem(path: str) -> tuple[object, str]:
+def _filesystem(path: str) -> tuple[Any, str]:
     """(fsspec filesystem, path within it) for a local path or a URL, as Lightning's loggers do."""
     from fsspec.core import url_to_fs
 

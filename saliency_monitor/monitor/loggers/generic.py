@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .base import Cell, LoggerAdapter
@@ -20,7 +22,7 @@ class GenericAdapter(LoggerAdapter):
 
     supports_images = False
 
-    def __init__(self, logger: object) -> None:
+    def __init__(self, logger: Any) -> None:
         super().__init__(logger)
         self.name = f"generic({type(logger).__name__})"
 

@@ -63,7 +63,8 @@ class WandbAdapter(LoggerAdapter):
         import wandb
 
         self._define_metrics([key])
-        self.logger.log_metrics({key: wandb.Table(columns=columns, data=rows)}, step=step)
+        table = wandb.Table(columns=list[str | int](columns), data=rows)
+        self.logger.log_metrics({key: table}, step=step)
 
 
 def read_offline_run(run_dir: str | os.PathLike[str]) -> list[dict[str, object]]:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..._checks import check_int, describe
+from ..._checks import describe
 from ...engine.model_io import device_and_dtype
-from ...engine.task import TASKS, check_task, class_probabilities
+from ...engine.task import check_task, class_probabilities
 from ...metrics import voc_boxes_to_masks
 
 
@@ -52,7 +52,7 @@ class ProbeBatch:
         check_task(self.task)
         classes = _check_probe_classes(self.classes, num, self.task)
         object.__setattr__(self, "classes", classes)
-        boxes, box_classes, masks = _check_regions(self, classes, tuple(images.shape[-2:]))
+        boxes, box_classes, masks = _check_regions(self, classes, (images.shape[-2], images.shape[-1]))
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "box_classes", box_classes)
         object.__setattr__(self, "masks", masks)

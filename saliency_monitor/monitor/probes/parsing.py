@@ -5,6 +5,7 @@ raw ``torchvision.datasets.VOCDetection`` annotations)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 import torch
@@ -140,7 +141,7 @@ def _parse_images(images: object) -> Tensor:
     return images.detach().to("cpu", copy=True)
 
 
-def _is_float_tensor(x: object, ndim: int) -> bool:
+def _is_float_tensor(x: object, ndim: int) -> TypeGuard[Tensor]:
     return isinstance(x, Tensor) and x.is_floating_point() and x.ndim == ndim
 
 
@@ -241,7 +242,7 @@ def _parse_detection(target: Mapping, image: Tensor, index: int) -> ProbeBatch:
     if "boxes" not in target:
         if "masks" in target:
             raise ValueError(f"Expected 'boxes' alongside 'masks' in target {index}, but got keys {list(target)!r}.")
-        return ProbeBatch(image, (labels,), "multilabel")
+        return ProbeBatch(image, (tuple(labels),), "multilabel")
     height, width = image.shape[-2:]
     boxes = _xyxy_boxes(target["boxes"], len(labels), (height, width), index)
     voc = boxes.clone()
@@ -249,7 +250,7 @@ def _parse_detection(target: Mapping, image: Tensor, index: int) -> ProbeBatch:
     masks = None
     if "masks" in target:
         masks = (_instance_masks(target["masks"], len(labels), (height, width), index),)
-    return ProbeBatch(image, (labels,), "multilabel", (voc,), (torch.tensor(labels),), masks)
+    return ProbeBatch(image, (tuple(labels),), "multilabel", (voc,), (torch.tensor(labels),), masks)
 
 
 def _check_objects(labels: list[int], index: int) -> None:
@@ -273,7 +274,7 @@ def _xyxy_boxes(boxes: object, num: int, size: tuple[int, int], index: int) -> T
             f"{describe(boxes)}."
         )
     x1, y1, x2, y2 = tensor.unbind(1)
-    valid = (0 <= x1) & (x1 < x2) & (x2 <= width) & (0 <= y1) & (y1 < y2) & (y2 <= height)
+    valid = (x1 >= 0) & (x1 < x2) & (x2 <= width) & (y1 >= 0) & (y1 < y2) & (y2 <= height)
     if not bool(valid.all()):
         bad = tensor[~valid][0].tolist()
         raise ValueError(
@@ -287,20 +288,21 @@ def _plain_xyxy(boxes: Tensor, size: tuple[int, int], index: int) -> Tensor:
     """A ``tv_tensors.BoundingBoxes`` as a plain XYXY tensor, checked against the image size."""
     from torchvision.ops import box_convert
 
-    canvas = tuple(int(s) for s in boxes.canvas_size)
+    canvas = tuple(int(s) for s in getattr(boxes, "canvas_size"))  # noqa: B009 - a tv_tensors attribute
     if canvas != tuple(size):
         raise ValueError(
             f"Expected 'boxes' of target {index} to have canvas_size equal to the image's (H, W)={tuple(size)}, "
             f"but got {canvas}."
         )
-    fmt = getattr(boxes.format, "name", str(boxes.format)).lower()
+    box_format = getattr(boxes, "format")  # noqa: B009 - a tv_tensors attribute
+    fmt = getattr(box_format, "name", str(box_format)).lower()
     plain = boxes.as_subclass(Tensor)
     if fmt == "xyxy":
         return plain
     if fmt in ("xywh", "cxcywh"):
         return box_convert(plain, in_fmt=fmt, out_fmt="xyxy")
     raise ValueError(
-        f"Expected 'boxes' of target {index} in format XYXY, XYWH or CXCYWH, but got {boxes.format}."
+        f"Expected 'boxes' of target {index} in format XYXY, XYWH or CXCYWH, but got {box_format}."
     )
 
 
@@ -323,10 +325,11 @@ def _instance_masks(masks: object, num: int, size: tuple[int, int], index: int) 
 def _parse_voc(annotation: object, image: Tensor, index: int, names: tuple[str, ...]) -> ProbeBatch:
     where = f"the annotation of target {index}"
     size = _field(annotation, "size", where)
+    annotation = cast(Mapping[str, Any], annotation)  # _field checked it is a mapping
     width = _number(_field(size, "width", f"{where}['size']"), f"{where}['size']['width']")
     height = _number(_field(size, "height", f"{where}['size']"), f"{where}['size']['height']")
     if width <= 0 or height <= 0:
-        raise ValueError(f"Expected a positive width and height in {where}['size'], but got {dict(size)!r}.")
+        raise ValueError(f"Expected a positive width and height in {where}['size'], but got {size!r}.")
     objects = annotation.get("object", [])
     objects = [objects] if isinstance(objects, Mapping) else objects
     if not isinstance(objects, (list, tuple)):
@@ -346,7 +349,7 @@ def _parse_voc(annotation: object, image: Tensor, index: int, names: tuple[str, 
     voc[:, :2] -= 1  # to continuous intervals [xmin - 1, xmax], scaled, and back to 1-based inclusive
     voc = voc * scale
     voc[:, :2] += 1
-    return ProbeBatch(image, (labels,), "multilabel", (voc,), (torch.tensor(labels),))
+    return ProbeBatch(image, (tuple(labels),), "multilabel", (voc,), (torch.tensor(labels),))
 
 
 def _field(mapping: object, key: str, where: str) -> object:
