@@ -81,8 +81,8 @@ def measure_interleaved(
     per name. ``on_run(name, round, seconds)`` is called after each timed run (progress).
     """
     names = list(fns)
-    reps = {n: repeat for n in names} if isinstance(repeat, int) else {n: repeat[n] for n in names}
-    warms = {n: warmup for n in names} if isinstance(warmup, int) else {n: warmup[n] for n in names}
+    reps = dict.fromkeys(names, repeat) if isinstance(repeat, int) else {n: repeat[n] for n in names}
+    warms = dict.fromkeys(names, warmup) if isinstance(warmup, int) else {n: warmup[n] for n in names}
     if any(r < 1 for r in reps.values()) or any(w < 0 for w in warms.values()):
         raise ValueError(f"Expected repeat >= 1 and warmup >= 0, but got {reps=}, {warms=}.")
     for name in names:

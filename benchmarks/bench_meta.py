@@ -21,8 +21,8 @@ import sys
 import torch
 import torch.nn.functional as F
 import torchvision
-
 from _timing import measure, print_table
+
 from saliency_monitor import compute_saliency
 
 LAYERS = ["layer1", "layer2", "layer3", "layer4"]
@@ -45,7 +45,10 @@ def copy_step_restore(model, images, targets, lr):
             model.load_state_dict(saved)
         rows.append(row)
     optimizer.zero_grad(set_to_none=True)
-    return {m: {l: torch.cat([torch.cat([r[m][l] for r in row], 1) for row in rows]) for l in LAYERS} for m in METHODS}
+    return {
+        m: {layer: torch.cat([torch.cat([r[m][layer] for r in row], 1) for row in rows]) for layer in LAYERS}
+        for m in METHODS
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,7 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     meta = measure(ours, repeat=args.repeat)
     restore = measure(baseline, repeat=args.repeat)
     got, want = ours(), baseline()
-    diff = max(float((got[m][l] - want[m][l]).abs().max() / want[m][l].abs().max()) for m in METHODS for l in LAYERS)
+    diff = max(
+        float((got[m][layer] - want[m][layer]).abs().max() / want[m][layer].abs().max())
+        for m in METHODS
+        for layer in LAYERS
+    )
 
     print(f"{args.arch} {args.size}x{args.size}, B={args.batch}, T={args.targets}, layers {LAYERS}, "
           f"methods {METHODS}, meta_lr={args.lr}, torch {torch.__version__}, {torch.get_num_threads()} threads")

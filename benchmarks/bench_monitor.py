@@ -35,11 +35,11 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchvision
+from _timing import measure, print_table
+from pytorch_lightning.loggers import Logger
 from torch.utils.data import DataLoader, Dataset
 
-from _timing import measure, print_table
 from saliency_monitor import SaliencyMonitor
-from pytorch_lightning.loggers import Logger
 
 VOC_TRAINVAL = 5011
 NUM_CLASSES = 20
@@ -88,7 +88,8 @@ class Module(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         images, targets = batch
-        self.log("val_loss", F.binary_cross_entropy_with_logits(self(images), multi_hot(targets)), batch_size=len(images))
+        loss = F.binary_cross_entropy_with_logits(self(images), multi_hot(targets))
+        self.log("val_loss", loss, batch_size=len(images))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)

@@ -30,8 +30,8 @@ import sys
 import torch
 import torch.nn.functional as F
 import torchvision
-
 from _timing import measure_interleaved, print_table
+
 from saliency_monitor import compute_saliency
 from saliency_monitor.engine.context_saliency import context_aware_saliency
 from saliency_monitor.engine.relevance import lrp_maps
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         with Gradient(model=model, composite=EpsilonPlusFlat(canonizers=[ResNetCanonizer()])) as attributor:
             for t in range(args.targets):
                 onehot = torch.zeros(args.batch, 20).scatter_(1, targets[:, t : t + 1], 1.0)
-                _, relevance = attributor(images, lambda output: output * onehot)
+                _, relevance = attributor(images, lambda output, onehot=onehot: output * onehot)
                 out.append(relevance.sum(1))
         return torch.stack(out, 1)
 

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+from _timing import measure_interleaved, print_table
 from torch import Tensor, nn
 
-from _timing import measure_interleaved, print_table
 from saliency_monitor import compute_saliency
 
 Maps = dict[str, dict[str, Tensor]]  # maps[method][layer] -> (B, T, h, w)
@@ -87,7 +87,7 @@ def torchray_style(model: nn.Module, images: Tensor, targets: Tensor, layers: Se
         for t in range(targets.shape[1]):
             captured: dict[str, Tensor] = {}
 
-            def hook(_module: nn.Module, _args: object, output: Tensor) -> None:
+            def hook(_module: nn.Module, _args: object, output: Tensor, captured: dict[str, Tensor] = captured) -> None:
                 captured["x"] = output
 
             handle = modules[name].register_forward_hook(hook)
@@ -97,7 +97,7 @@ def torchray_style(model: nn.Module, images: Tensor, targets: Tensor, layers: Se
                 handle.remove()
             x = captured["x"]
             score = logits.gather(1, targets[:, t : t + 1]).sum()
-            *_param_grads, g = torch.autograd.grad(score, params + [x])
+            *_param_grads, g = torch.autograd.grad(score, [*params, x])
             x, g = x.detach(), g.detach()
             per_target_ng.append(torch.linalg.vector_norm(g, dim=1) * torch.linalg.vector_norm(x, dim=1))
             per_target_sel.append(torch.linalg.vector_norm((g * x).clamp_min(0), dim=1))

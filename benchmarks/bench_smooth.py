@@ -26,12 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _timing import print_table  # noqa: E402
-from examples.voc_finetune import main as finetune  # noqa: E402
-from saliency_monitor import compute_saliency, default_layers  # noqa: E402
-from saliency_monitor.metrics import map_correlation, total_variation  # noqa: E402
-from saliency_monitor.monitor.probes import parse_batch  # noqa: E402
-from saliency_monitor.engine.smoothing import smoothing  # noqa: E402
+from _timing import print_table
+
+from examples.voc_finetune import main as finetune
+from saliency_monitor import compute_saliency, default_layers
+from saliency_monitor.engine.smoothing import smoothing
+from saliency_monitor.metrics import map_correlation, total_variation
+from saliency_monitor.monitor.probes import parse_batch
 
 METHODS = ["gradient", "linear_approx", "norm_grad_selective"]
 

@@ -53,8 +53,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from saliency_monitor import compute_saliency, default_layers
-from saliency_monitor.metrics import combine_maps
-from saliency_monitor.metrics import class_sensitivity, max_min_targets, meta_correlation
+from saliency_monitor.metrics import class_sensitivity, combine_maps, max_min_targets, meta_correlation
 
 SIZE = 64
 NUM_CLASSES = 10
@@ -180,7 +179,7 @@ def measure_split(model: nn.Module, images: Tensor, labels: Tensor, layers: list
     model.eval()
     with torch.no_grad():
         targets = torch.cat([labels[:, None], max_min_targets(model(images))], dim=1)
-    common = dict(layers=layers, methods=list(METHODS), task="multiclass", output_size=SIZE)
+    common = {"layers": layers, "methods": list(METHODS), "task": "multiclass", "output_size": SIZE}
     plain = compute_saliency(model, images, targets, meta_lr=None, **common)
     plain = {m: with_combined(plain[m]) for m in METHODS}
     out = {
@@ -225,7 +224,8 @@ def sensitivity(record: dict, method: str, layer: str, lr: str | None) -> float:
     values = []
     for split in SPLITS:
         data = record[split]
-        values += (data["class_sensitivity"] if lr is None else data["meta"][lr]["meta_class_sensitivity"])[method][layer]
+        scores = data["class_sensitivity"] if lr is None else data["meta"][lr]["meta_class_sensitivity"]
+        values += scores[method][layer]
     return mean_se(values)[0]
 
 

@@ -32,9 +32,9 @@ from saliency_monitor.monitor.probes import VOC_CLASSES
 
 __all__ = [
     "CLASS_STYLES",
+    "VOC_CLASSES",
     "VOCClassification",
     "VOCDataModule",
-    "VOC_CLASSES",
     "collate",
     "generate_synthetic_voc",
     "multi_hot",

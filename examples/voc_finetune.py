@@ -32,9 +32,9 @@ from torchmetrics.classification import MultilabelAveragePrecision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.voc_data import VOC_CLASSES, VOCDataModule, generate_synthetic_voc, multi_hot  # noqa: E402
-from saliency_monitor import SaliencyMonitor  # noqa: E402
-from saliency_monitor.monitor.render import save_png  # noqa: E402
+from examples.voc_data import VOC_CLASSES, VOCDataModule, generate_synthetic_voc, multi_hot
+from saliency_monitor import SaliencyMonitor
+from saliency_monitor.monitor.render import save_png
 
 NUM_CLASSES = len(VOC_CLASSES)
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "saliency-monitor"
@@ -96,8 +96,8 @@ def build_model(arch: str, weights: str | None) -> torch.nn.Module:
         model = torchvision.models.get_model(arch, weights=weights)
     except Exception as error:  # no network, unknown name: say so, do not fall back silently
         raise SystemExit(
-            f"Could not load {arch} weights {weights!r} ({type(error).__name__}: {error}). Offline, pass --weights none "
-            "or put the checkpoint in torch's hub cache (TORCH_HOME)."
+            f"Could not load {arch} weights {weights!r} ({type(error).__name__}: {error}). "
+            "Offline, pass --weights none or put the checkpoint in torch's hub cache (TORCH_HOME)."
         ) from error
     head = model.fc if hasattr(model, "fc") else None
     if not isinstance(head, torch.nn.Linear):
@@ -186,8 +186,11 @@ def wandb_mode() -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--voc-root", type=Path, default=None,
                       help="directory holding VOCdevkit/VOC2007 (default: generate a synthetic set)")
@@ -197,7 +200,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--synthetic-sizes", type=int, nargs=3, default=(60, 60, 200), metavar=("TRAIN", "VAL", "TEST"),
                       help="synthetic split sizes (trainval = train + val: small, so the model overfits in the run)")
     model = parser.add_argument_group("model and training")
-    model.add_argument("--arch", default=None, help="torchvision model (default: resnet50 on real VOC, resnet18 offline)")
+    model.add_argument("--arch", default=None,
+                       help="torchvision model (default: resnet50 on real VOC, resnet18 offline)")
     model.add_argument("--weights", default=None,
                        help="torchvision weights name, e.g. DEFAULT or IMAGENET1K_V2 (default: DEFAULT on real VOC, "
                             "none offline); 'none' = random init")

@@ -153,10 +153,11 @@ class SpyLogger(Logger):
 
 
 def trainer(tmp_path: Any, callbacks: list, logger: Any = None, **kwargs: Any) -> pl.Trainer:
-    options = dict(
-        max_epochs=2, accelerator="cpu", devices=1, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0, deterministic=True,
-    )
+    options = {
+        "max_epochs": 2, "accelerator": "cpu", "devices": 1, "enable_checkpointing": False,
+        "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(tmp_path),
+        "num_sanity_val_steps": 0, "deterministic": True,
+    }
     options.update(kwargs)
     return pl.Trainer(callbacks=callbacks, logger=logger if logger is not None else False, **options)
 

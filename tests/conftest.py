@@ -129,7 +129,11 @@ MODEL_SPECS = {
         ["input", "relu", "layer1", "layer1.0.bn2", "layer2.0.conv1", "layer2.0.downsample.0", "layer4"],
         ["conv1", "layer2.0.conv1", "layer2.0.downsample.0", "layer3.1.conv2"],
     ),
-    "vgg11": (make_vgg11, 32, ["input", "features.3", "features.8", "avgpool"], ["features.0", "features.3", "features.8"]),
+    "vgg11": (
+        make_vgg11, 32,
+        ["input", "features.3", "features.8", "avgpool"],
+        ["features.0", "features.3", "features.8"],
+    ),
 }
 
 

@@ -11,7 +11,6 @@ import torchvision
 from torch import nn
 
 from saliency_monitor import compute_saliency
-
 from tests._trace import assert_same, snapshot
 
 

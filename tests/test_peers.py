@@ -37,7 +37,7 @@ CASES = {
     "resnet18": ((48, 64), ["layer1", "layer2.0.conv1", "layer3", "layer4"]),
 }
 PARAMS = [(name, layer) for name, (_, layers) in CASES.items() for layer in layers]
-IDS = [f"{m}-{l}" for m, l in PARAMS]
+IDS = [f"{m}-{layer}" for m, layer in PARAMS]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -141,7 +141,9 @@ def test_linear_approx_matches_captum_layer_gradient_x_activation(
 
 
 @pytest.mark.parametrize("model_name", list(CASES))
-def test_input_methods_match_captum_input_x_gradient_and_saliency(request: pytest.FixtureRequest, model_name: str) -> None:
+def test_input_methods_match_captum_input_x_gradient_and_saliency(
+    request: pytest.FixtureRequest, model_name: str
+) -> None:
     model, images, maps = ours(request, model_name)
     peer = without_inplace(model)
     for t in range(TARGETS.shape[1]):

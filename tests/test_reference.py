@@ -82,7 +82,19 @@ class LayerRecord:
     module: nn.Module | None  # the module *of the reference copy*
 
 
-def literal_capture(model: nn.Module, images: Tensor, targets: Tensor, layers: list[str]) -> list[dict[str, LayerRecord]]:
+def recording_hook(name: str, outputs: dict[str, Tensor], inputs: dict[str, Tensor]):
+    """A forward hook that records the layer's output and input under ``name``."""
+
+    def hook(_module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        outputs[name], inputs[name] = output, args[0]
+        return output.clone()  # `out += identity` downstream must not touch `output`
+
+    return hook
+
+
+def literal_capture(
+    model: nn.Module, images: Tensor, targets: Tensor, layers: list[str]
+) -> list[dict[str, LayerRecord]]:
     """Per image b: {layer: LayerRecord}. One forward per image, one autograd.grad per target."""
     ref = without_inplace(model)
     modules = dict(ref.named_modules())
@@ -90,15 +102,9 @@ def literal_capture(model: nn.Module, images: Tensor, targets: Tensor, layers: l
     for b in range(images.shape[0]):
         outputs: dict[str, Tensor] = {}
         inputs: dict[str, Tensor] = {}
-
-        def make_hook(name: str):
-            def hook(_module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-                outputs[name], inputs[name] = output, args[0]
-                return output.clone()  # `out += identity` downstream must not touch `output`
-
-            return hook
-
-        handles = [modules[n].register_forward_hook(make_hook(n)) for n in layers if n != "input"]
+        handles = [
+            modules[n].register_forward_hook(recording_hook(n, outputs, inputs)) for n in layers if n != "input"
+        ]
         try:
             image = images[b : b + 1].clone().requires_grad_(True)
             logits = ref(image)
@@ -276,7 +282,9 @@ def sampled_locations(record: LayerRecord, extract: str) -> Tensor:
     return torch.tensor(sorted(chosen[:count]))
 
 
-def reference_values(records: list[dict[str, LayerRecord]], layer: str, methods: list[str]) -> dict[str, tuple[Tensor, Tensor]]:
+def reference_values(
+    records: list[dict[str, LayerRecord]], layer: str, methods: list[str]
+) -> dict[str, tuple[Tensor, Tensor]]:
     """{method: (where (n,), values (B, T, n) float64)}; each extract materialised once."""
     extracts = {method_pair(m)[0] for m in methods if method_pair(m)}
     first = records[0][layer]
@@ -327,8 +335,8 @@ def model_case(request: pytest.FixtureRequest, model_name: str) -> dict:
         records = literal_capture(model, images, TARGETS, list(dict.fromkeys(layers + conv_layers)))
         maps = compute_saliency(model, images, TARGETS, layers, all_methods(conv=False))
         maps.update(compute_saliency(model, images, TARGETS, conv_layers, all_methods(conv=True)))
-        _CACHE[model_name] = dict(model=model, images=images, records=records, maps=maps,
-                                  layers=layers, conv_layers=conv_layers)
+        _CACHE[model_name] = {"model": model, "images": images, "records": records, "maps": maps,
+                              "layers": layers, "conv_layers": conv_layers}
     return _CACHE[model_name]
 
 
@@ -338,7 +346,7 @@ CASES = [(name, layer) for name, (_, _, layers, conv_layers) in MODEL_SPECS.item
          for layer in dict.fromkeys(layers + conv_layers)]
 
 
-@pytest.mark.parametrize(("model_name", "layer"), CASES, ids=[f"{m}-{l}" for m, l in CASES])
+@pytest.mark.parametrize(("model_name", "layer"), CASES, ids=[f"{m}-{layer}" for m, layer in CASES])
 def test_every_method_matches_literal_reference(request: pytest.FixtureRequest, model_name: str, layer: str) -> None:
     """Every named method and every extract:aggregation pair, T=2 targets, float64 models."""
     case = model_case(request, model_name)
@@ -366,7 +374,7 @@ def test_grad_cam_reference_is_not_all_zero() -> None:
         if name in _CACHE and layer in _CACHE[name]["layers"]
         and _CACHE[name]["maps"]["grad_cam"][layer].amax() > 0
     ]
-    checked = [(n, l) for n, l in CASES if n in _CACHE and l in _CACHE[n]["layers"]]
+    checked = [(n, layer) for n, layer in CASES if n in _CACHE and layer in _CACHE[n]["layers"]]
     if not checked:
         pytest.skip("run together with test_every_method_matches_literal_reference")
     assert len(live) >= 0.75 * len(checked), f"only {live} of {checked} have a non-zero Grad-CAM"
@@ -379,7 +387,7 @@ def test_methods_and_layers_cover_the_grid() -> None:
     assert covered == set(NAMED_METHODS) | {f"{e}:{a}" for e in EXTRACTS for a in AGGREGATIONS}
     assert len(covered) == len(NAMED_METHODS) + len(EXTRACTS) * len(AGGREGATIONS) == 6 + 6 * 5
     assert {"conv3x3_depthwise:max", "conv1x1:max", "conv:max", "bias:max"} <= covered
-    layers = {name: set(l + c) for name, (_, _, l, c) in MODEL_SPECS.items()}
+    layers = {name: set(plain + conv) for name, (_, _, plain, conv) in MODEL_SPECS.items()}
     assert {"input", "down", "dilated", "grouped", "reflect", "same4", "same2", "mixed"} <= layers["smallnet"]
     assert {"relu", "layer1", "layer2.0.conv1", "layer4"} <= layers["resnet18"]
     assert {"features.3", "features.8", "avgpool"} <= layers["vgg11"]
@@ -393,7 +401,7 @@ CONV_SUM_CASES = [c for c in CONV_CASES if c not in {("vgg11", "features.3"), ("
                                                        ("resnet18", "layer3.1.conv2")}]
 
 
-@pytest.mark.parametrize(("model_name", "layer"), CONV_CASES, ids=[f"{m}-{l}" for m, l in CONV_CASES])
+@pytest.mark.parametrize(("model_name", "layer"), CONV_CASES, ids=[f"{m}-{layer}" for m, layer in CONV_CASES])
 def test_patches_rebuild_conv_output(request: pytest.FixtureRequest, model_name: str, layer: str) -> None:
     """The reference's patches are the conv's own: block-diagonal weight @ patch + bias = output."""
     case = model_case(request, model_name)
@@ -417,8 +425,12 @@ def weight_gradient(model: nn.Module, image: Tensor, target: int, layer: str) ->
     return torch.autograd.grad(ref(image[None])[0, target], conv.weight)[0]
 
 
-@pytest.mark.parametrize(("model_name", "layer"), CONV_SUM_CASES, ids=[f"{m}-{l}" for m, l in CONV_SUM_CASES])
-def test_sum_of_real_conv_terms_is_the_weight_gradient(request: pytest.FixtureRequest, model_name: str, layer: str) -> None:
+@pytest.mark.parametrize(
+    ("model_name", "layer"), CONV_SUM_CASES, ids=[f"{m}-{layer}" for m, layer in CONV_SUM_CASES]
+)
+def test_sum_of_real_conv_terms_is_the_weight_gradient(
+    request: pytest.FixtureRequest, model_name: str, layer: str
+) -> None:
     """Σ_u g^out_u p_uᵀ (block-diagonal for groups) = d logit / d W of the real conv; and the
     library's conv:sum map at every u is the sum of the entries of the literal matrix at u."""
     case = model_case(request, model_name)
@@ -479,8 +491,12 @@ VIRTUAL_CASES = [("smallnet", layer) for layer in ["input", "conv1", "relu1", "g
 ]
 
 
-@pytest.mark.parametrize(("model_name", "layer"), VIRTUAL_CASES, ids=[f"{m}-{l}" for m, l in VIRTUAL_CASES])
-def test_sum_of_identity_terms_is_a_virtual_weight_gradient(request: pytest.FixtureRequest, model_name: str, layer: str) -> None:
+@pytest.mark.parametrize(
+    ("model_name", "layer"), VIRTUAL_CASES, ids=[f"{m}-{layer}" for m, layer in VIRTUAL_CASES]
+)
+def test_sum_of_identity_terms_is_a_virtual_weight_gradient(
+    request: pytest.FixtureRequest, model_name: str, layer: str
+) -> None:
     """Σ_u g_u = dβ, Σ_u g_u⊙x_u = dγ, Σ_u g_u x_uᵀ = dW1, Σ_u g_u x_{u,3x3}ᵀ = dW3, and
     Σ_u (g_{k,u} x_{k,u+δ})_{k,δ} = dW of a depthwise 3x3 conv."""
     case = model_case(request, model_name)
@@ -490,7 +506,8 @@ def test_sum_of_identity_terms_is_a_virtual_weight_gradient(request: pytest.Fixt
             grads = virtual_weight_gradients(case["model"], case["images"][b], c, layer)
             for extract, grad in grads.items():
                 torch.testing.assert_close(term_sum(extract, record, t).reshape(grad.shape), grad,
-                                           rtol=1e-9, atol=1e-12, msg=lambda m: f"{layer} {extract}: {m}")
+                                           rtol=1e-9, atol=1e-12,
+                                           msg=lambda m, extract=extract: f"{layer} {extract}: {m}")
 
 
 # --------------------------------------------------------------------------- float64 closed forms
@@ -523,7 +540,8 @@ def test_closed_forms_are_exact_in_float64(smallnet: nn.Module) -> None:
             else:
                 actual = aggregate_outer(g, x, ConvGeometry.identity(1 if pair[0] == "conv1x1" else 3), pair[1])
             torch.testing.assert_close(actual.flatten(2)[..., where], expected, rtol=1e-10,
-                                       atol=1e-12 * float(expected.abs().max()), msg=lambda m: f"{layer} {method}: {m}")
+                                       atol=1e-12 * float(expected.abs().max()),
+                                       msg=lambda m, layer=layer, method=method: f"{layer} {method}: {m}")
 
 
 # --------------------------------------------------------------------------- output_size, targets shape

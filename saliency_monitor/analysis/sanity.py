@@ -48,6 +48,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from ..engine.compute import saliency_maps, saliency_options
 from ..engine.layers import trace_forward
 from ..engine.meta import check_meta_lr
+from ..engine.methods import LINEAR_AND_SELECTIVE
 from ..engine.model_io import OutputToLogits, check_images
 from ..metrics import map_correlation
 
@@ -119,7 +120,7 @@ def cascading_randomization(
     images: Tensor,
     targets: Tensor,
     layer: str | Sequence[str],
-    method: str | Sequence[str] = ("linear_approx", "norm_grad_selective"),
+    method: str | Sequence[str] = LINEAR_AND_SELECTIVE,
     *,
     meta_lr: float | None = None,
     seed: int = 0,

@@ -135,7 +135,7 @@ def fit_bilinear_surrogate(
         model: maps (N, C, H, W) images to (N, K) logits. Not modified (deep-copied; the copy
             runs in eval mode); every stride-2 convolution must run exactly once per forward.
         images: the fitting images, a (N, C, H, W) floating tensor or an iterable of such
-            batches, or a DataLoader of batches :func:`~saliency_monitor.probes.parse_batch`
+            batches, or a DataLoader of batches :func:`~saliency_monitor.monitor.probes.parse_batch`
             reads (its labels are not used: pass ``labels`` for accuracies); consumed once. The same
             images serve for the report's accuracies
             (in-sample evaluation). All recorded (input, output) pairs are kept in memory.

@@ -108,6 +108,8 @@ DEFAULT_METHOD = "norm_grad_selective"
 """``compute_saliency``'s default."""
 MONITOR_METHODS = ("norm_grad_selective", "norm_grad")
 """The monitor's default: the paper's selective NormGrad and NormGrad."""
+LINEAR_AND_SELECTIVE = ("linear_approx", "norm_grad_selective")
+"""Gradient × input and selective NormGrad, the pair the paper's §4.5 randomisation compares."""
 
 
 @functools.cache

@@ -32,11 +32,49 @@ ON_ERROR = ("warn", "raise")
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """The monitor's options (see :class:`~saliency_monitor.SaliencyMonitor` for each one's meaning).
+    """The monitor's options; ``SaliencyMonitor(**options)`` builds one as ``monitor.config``.
 
     Construction checks every option and normalises it (sequences become tuples, numpy scalars
     Python numbers, ``every_n_epochs`` 1 when no schedule is given); :attr:`saliency` holds the
     options the engine gets, checked by the engine's own checks.
+
+    Args:
+        layers: layer names from ``pl_module.named_modules()`` (or ``"input"``); None =
+            :func:`~saliency_monitor.default_layers` of the module.
+        methods: saliency methods (names from :mod:`saliency_monitor.engine.methods`).
+        num_train_probes, num_val_probes: probe images per split (val 0 = train only).
+        every_n_epochs, every_n_train_steps: the schedule; give at most one (neither: every
+            epoch).
+        meta_lr: the meta step: a number (an SGD learning rate; the paper uses 0.002),
+            ``"calibrate"`` (default, see :mod:`saliency_monitor.monitor.meta_step`),
+            ``"optimizer"`` (the first optimizer's learning rate) or None (no meta maps or meta
+            metrics).
+        task: ``"multiclass"`` or ``"multilabel"`` (the meta step's loss and how the label
+            class is chosen); None = inferred from the labels.
+        meta_params: parameters the meta step moves: ``"all"`` or ``"trainable"``.
+        class_names: names for pictures and tables (default: the dataset's ``classes``
+            attribute if it has one, else indices); also maps VOC annotation names to indices.
+        batch_to_probe: callable turning one of your batches into ``(images, labels)``, for
+            batch formats the default parser does not know (see
+            :func:`saliency_monitor.monitor.probes.parse_batch`).
+        output_to_logits: for modules whose forward does not return the (B, C) logits tensor
+            (a dict, a tuple, ...): maps the output to it, e.g. ``lambda out: out["logits"]``.
+        smooth: checkerboard-noise removal at stride-2 convolutions during the saliency passes
+            (:mod:`saliency_monitor.engine.smoothing`): ``"backward"``, ``"forward"`` (changes
+            the predictions; their change is logged) or None. Gradient methods only.
+        lrp_composite: the LRP rules of the relevance methods: ``"epsilon_plus_flat"``,
+            ``"epsilon_gamma_box"`` or a ``zennit.core.Composite``.
+        context_size: long edge (px) at which Salient Relevance runs context-aware saliency
+            detection (Goferman et al. use 250; the cost grows with its 4th power).
+        num_logged_images: probes shown in the pictures (0 = no pictures).
+        combine_weights, combine_mode: the layer combination (``uniform``/``linear``,
+            ``sum``/``product``).
+        pointing_tolerance: pointing game radius in pixels (15 in the paper).
+        probe_batch_size: probes per saliency call (bounds memory).
+        seed: seeds the probe draw (and random transforms while drawing).
+        on_error: ``"warn"`` (a fault inside the monitor is reported once with its
+            traceback, counted in ``saliency/errors``, and training goes on) or ``"raise"``.
+        colormap: colour map of the pictures (``turbo``, ``viridis``, ``gray``).
     """
 
     layers: Sequence[str] | None = None

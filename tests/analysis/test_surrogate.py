@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from saliency_monitor import compute_saliency
-from saliency_monitor.metrics import total_variation
-from saliency_monitor.engine.smoothing import strided_convolutions
 from saliency_monitor.analysis.surrogate import BilinearDownsample, SurrogateReport, fit_bilinear_surrogate
+from saliency_monitor.engine.smoothing import strided_convolutions
+from saliency_monitor.metrics import total_variation
 from tests._trace import assert_same, snapshot
 
 FIT = {"epochs": 30, "lr": 1e-2, "batch_size": 16}

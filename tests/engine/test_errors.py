@@ -125,7 +125,8 @@ def test_layer_that_does_not_influence_the_logits(images: torch.Tensor) -> None:
             self.dead(x)
             return self.used(x).mean(dim=(2, 3))
 
-    with pytest.raises(ValueError, match=re.escape("Expected every layer to influence the logits, but ['dead'] do not.")):
+    message = "Expected every layer to influence the logits, but ['dead'] do not."
+    with pytest.raises(ValueError, match=re.escape(message)):
         compute_saliency(Branch(), images, [0, 1], ["used", "dead"])
 
 

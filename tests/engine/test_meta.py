@@ -14,7 +14,6 @@ import torchvision
 from torch import nn
 
 from saliency_monitor import DEFAULT_META_LR, compute_saliency
-
 from tests._trace import assert_same, snapshot
 
 METHODS = ["norm_grad", "norm_grad_selective", "linear_approx", "grad_cam", "gradient"]
@@ -77,7 +76,7 @@ def literal_meta_maps(model, images, targets, layers, methods, lr, task, trainab
             row.append(compute_saliency(clone, images[b : b + 1], [c], layers, methods))
         rows.append(row)
     return {
-        m: {l: torch.cat([torch.cat([r[m][l] for r in row], 1) for row in rows]) for l in layers}
+        m: {layer: torch.cat([torch.cat([r[m][layer] for r in row], 1) for row in rows]) for layer in layers}
         for m in methods
     }
 
@@ -87,7 +86,7 @@ def assert_maps_close(got, want, rtol=1e-4):
         for layer, expected in per_layer.items():
             scale = expected.abs().amax().clamp_min(1e-12)
             torch.testing.assert_close(got[method][layer], expected, rtol=0, atol=rtol * float(scale),
-                                       msg=lambda m: f"{method} at {layer}: {m}")
+                                       msg=lambda m, method=method, layer=layer: f"{method} at {layer}: {m}")
 
 
 @pytest.mark.parametrize(("task", "lr"), [("multiclass", 0.05), ("multilabel", 0.05), ("multiclass", -0.05)])
@@ -147,14 +146,14 @@ def test_batch_invariance_and_small_step_limit() -> None:
     for b in range(4):
         alone = compute_saliency(net, images[b : b + 1], targets[b : b + 1], layers, METHODS, meta_lr=0.05)
         for m in METHODS:
-            for l in layers:
-                torch.testing.assert_close(alone[m][l][0], batched[m][l][b], rtol=1e-6, atol=1e-9)
+            for layer in layers:
+                torch.testing.assert_close(alone[m][layer][0], batched[m][layer][b], rtol=1e-6, atol=1e-9)
     plain = compute_saliency(net, images, targets, layers, METHODS)
     errors = []
     for lr in (1e-2, 1e-4, 1e-6):
         meta = compute_saliency(net, images, targets, layers, METHODS, meta_lr=lr)
-        errors.append(max(float((meta[m][l] - plain[m][l]).abs().max() / plain[m][l].abs().max())
-                          for m in METHODS for l in layers))
+        errors.append(max(float((meta[m][layer] - plain[m][layer]).abs().max() / plain[m][layer].abs().max())
+                          for m in METHODS for layer in layers))
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-4, errors
 
 
@@ -195,11 +194,14 @@ def test_models_without_steppable_parameters() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return F.avg_pool2d(x, 2).flatten(1)
 
-    with pytest.raises(ValueError, match=re.escape("Expected `model` to have parameters for the meta step, but it has none.")):
+    no_params = "Expected `model` to have parameters for the meta step, but it has none."
+    with pytest.raises(ValueError, match=re.escape(no_params)):
         compute_saliency(NoParams(), torch.randn(1, 1, 4, 4), [0], ["input"], meta_lr=0.1)
     frozen = make_net().requires_grad_(False)
-    with pytest.raises(ValueError, match=re.escape("parameters with requires_grad=True for the meta step, but it has none")):
-        compute_saliency(frozen, torch.randn(1, 3, 8, 8, dtype=torch.float64), [0], ["relu"], meta_lr=0.1, meta_params="trainable")
+    no_trainable = "parameters with requires_grad=True for the meta step, but it has none"
+    with pytest.raises(ValueError, match=re.escape(no_trainable)):
+        compute_saliency(frozen, torch.randn(1, 3, 8, 8, dtype=torch.float64), [0], ["relu"], meta_lr=0.1,
+                         meta_params="trainable")
 
 
 def test_repeated_targets_of_an_image_are_computed_once() -> None:

@@ -14,7 +14,6 @@ from torch import nn
 from saliency_monitor import compute_saliency
 from saliency_monitor.engine.context_saliency import context_aware_saliency
 from saliency_monitor.engine.relevance import lrp_maps
-
 from tests._trace import assert_same, snapshot
 
 EPS = 1e-6
@@ -80,8 +79,9 @@ def conv_terms(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def redistribute(terms: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
     """R_i = Σ_j terms_ji / stab(z_j) · R_j (terms indexed [out..., in...])."""
     out_dims = z.ndim
-    share = terms / stabilize(z).reshape(*z.shape, *([1] * (terms.ndim - out_dims)))
-    return (share * relevance.reshape(*relevance.shape, *([1] * (terms.ndim - out_dims)))).sum(dim=tuple(range(out_dims)))
+    in_ones = [1] * (terms.ndim - out_dims)
+    share = terms / stabilize(z).reshape(*z.shape, *in_ones)
+    return (share * relevance.reshape(*relevance.shape, *in_ones)).sum(dim=tuple(range(out_dims)))
 
 
 def literal_lrp(model: TinyVGG, image: torch.Tensor, target: int) -> dict[str, torch.Tensor]:
@@ -287,7 +287,8 @@ def test_inference_mode_and_autocast() -> None:
         ({"smooth": "backward"}, ValueError,
          "Expected `smooth=None` with the relevance methods ['lrp'] (smoothing changes gradients, not relevance "
          "rules), but got smooth='backward'."),
-        ({"context_size": 4}, ValueError, "Expected `context_size` to be an int >= 32 (pixels: the smallest of the 4 scales must hold several "
+        ({"context_size": 4}, ValueError,
+         "Expected `context_size` to be an int >= 32 (pixels: the smallest of the 4 scales must hold several "
          "7x7 patches), but got 4."),
     ],
 )

@@ -11,8 +11,8 @@ from torch import nn
 
 from saliency_monitor import compute_saliency
 from saliency_monitor.engine.capture import capture
-from saliency_monitor.metrics import total_variation
 from saliency_monitor.engine.smoothing import average_shifts, phase_averaged_conv, smoothing, strided_convolutions
+from saliency_monitor.metrics import total_variation
 from tests._trace import assert_same, snapshot
 
 

@@ -6,12 +6,11 @@ import json
 import math
 
 import numpy as np
-import torch
 import pytest
+import torch
 from PIL import Image
 
 from saliency_monitor.monitor.loggers import offline_history, read_offline_run
-
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -20,7 +19,8 @@ def test_offline_default_runs_end_to_end(wandb_env, capsys) -> None:
 
     summary, module, monitor, _ = main([
         "--data-dir", str(wandb_env / "voc"), "--synthetic-sizes", "12", "8", "16", "--image-size", "32",
-        "--epochs", "2", "--every-n-epochs", "1", "--batch-size", "8", "--num-train-probes", "3", "--num-val-probes", "3",
+        "--epochs", "2", "--every-n-epochs", "1", "--batch-size", "8",
+        "--num-train-probes", "3", "--num-val-probes", "3",
         "--wandb-dir", str(wandb_env / "runs"), "--picture", str(wandb_env / "picture.png"),
     ])
     out = capsys.readouterr().out
@@ -56,7 +56,8 @@ def test_relevance_methods_on_the_example_resnet(wandb_env, capsys) -> None:
 
     summary, _, monitor, _ = main([
         "--data-dir", str(wandb_env / "voc"), "--synthetic-sizes", "12", "8", "16", "--image-size", "32",
-        "--epochs", "1", "--every-n-epochs", "1", "--batch-size", "8", "--num-train-probes", "2", "--num-val-probes", "2",
+        "--epochs", "1", "--every-n-epochs", "1", "--batch-size", "8",
+        "--num-train-probes", "2", "--num-val-probes", "2",
         "--methods", "salient_relevance", "lrp", "--wandb-dir", str(wandb_env / "runs"),
         "--picture", str(wandb_env / "picture.png"),
     ])

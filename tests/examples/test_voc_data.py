@@ -128,7 +128,7 @@ def test_xml_objects(voc_root: Path) -> None:
             boxes.append((xmin, ymin, xmax, ymax))
         for a, b in itertools.combinations(boxes, 2):  # objects never overlap
             assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
-    assert 1 <= min(counts) and max(counts) <= 3
+    assert min(counts) >= 1 and max(counts) <= 3
 
 
 def test_box_holds_the_object(voc_root: Path) -> None:

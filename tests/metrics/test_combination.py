@@ -43,7 +43,8 @@ def test_fixed_weights_are_the_uniform_and_linear_schemes() -> None:
 def test_normalize_weights_sums_to_one() -> None:
     w = normalize_weights([2.0, 0.0, 6.0])
     assert w.dtype == torch.float64 and w.tolist() == [0.25, 0.0, 0.75]
-    torch.testing.assert_close(normalize_weights(torch.tensor([0.3, 0.9])).sum(), torch.tensor(1.0, dtype=torch.float64))
+    one = torch.tensor(1.0, dtype=torch.float64)
+    torch.testing.assert_close(normalize_weights(torch.tensor([0.3, 0.9])).sum(), one)
 
 
 @pytest.mark.parametrize(
@@ -94,7 +95,7 @@ def test_combine_maps_sum_and_product_formulas() -> None:
     torch.testing.assert_close(combine_maps(maps, [2, 3, 5], mode="product"), expected_product)  # weights normalised
     torch.testing.assert_close(combine_maps(maps), sum(normed) / 3)  # uniform by default
     out = combine_maps(maps, gamma, size=(10, 12), mode="product")
-    assert out.shape == (2, 3, 10, 12) and 0 <= out.min() and out.max() <= 1
+    assert out.shape == (2, 3, 10, 12) and out.min() >= 0 and out.max() <= 1
 
 
 def test_combine_maps_mapping_and_zero_weight_in_product() -> None:
@@ -120,7 +121,8 @@ def test_combine_maps_mapping_and_zero_weight_in_product() -> None:
         (torch.zeros(2, 4, 4), {}, TypeError,
          "Expected `maps` to be a sequence or mapping of tensors (one per layer), but got Tensor."),
         ([torch.zeros(2, 4, 4, dtype=torch.long)], {}, TypeError,
-         "Expected maps[0] to be a floating-point (..., h, w) tensor, but got a torch.int64 tensor of shape (2, 4, 4)."),
+         "Expected maps[0] to be a floating-point (..., h, w) tensor, "
+         "but got a torch.int64 tensor of shape (2, 4, 4)."),
     ],
 )
 def test_combine_maps_errors(maps: object, kwargs: dict, error: type, message: str) -> None:

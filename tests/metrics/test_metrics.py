@@ -388,7 +388,8 @@ def test_pointing_game_result_adds_and_handles_no_evaluation() -> None:
     [
         ({"targets": torch.tensor([[0, 3]])}, ValueError, "Expected `targets` in [0, 3), but got values in [0, 3]."),
         ({"targets": torch.tensor([[0.0, 1.0]])}, TypeError,
-         "Expected `targets` to be an integer tensor of class indices, but got a torch.float32 tensor of shape (1, 2)."),
+         "Expected `targets` to be an integer tensor of class indices, "
+         "but got a torch.float32 tensor of shape (1, 2)."),
         ({"masks": torch.zeros(1, 3, 8, 8)}, ValueError,
          "Expected `masks` to be a (B, C, H, W) bool tensor, but got a torch.float32 tensor of shape (1, 3, 8, 8)."),
         ({"maps": torch.zeros(1, 3, 4, 4)}, ValueError,

@@ -18,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-from pytorch_lightning.loggers import CSVLogger  # noqa: E402
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import CSVLogger
 
-from saliency_monitor import SaliencyMonitor  # noqa: E402
-from tests._fits import Classifier, multiclass_loaders  # noqa: E402
+from saliency_monitor import SaliencyMonitor
+from tests._fits import Classifier, multiclass_loaders
 
 
 class FailsOnRank(torch.nn.Module):

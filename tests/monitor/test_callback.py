@@ -256,7 +256,8 @@ def test_tensorboard_and_csv_read_back(tmp_path) -> None:
         rows = [row for row in csv.DictReader(handle) if row.get(gap)]
     assert [int(row["step"]) for row in rows] == [0, 3]
     pngs = sorted((Path(csv_logger.log_dir) / "saliency_maps" / "val").glob("*.png"))
-    assert len(pngs) == 2 * len(METHODS) and all(picture_is_not_blank(np.asarray(Image.open(p).convert("RGB"))) for p in pngs)
+    assert len(pngs) == 2 * len(METHODS)
+    assert all(picture_is_not_blank(np.asarray(Image.open(p).convert("RGB"))) for p in pngs)
     with open(Path(csv_logger.log_dir) / "saliency_probes" / "train.csv") as handle:
         table = list(csv.DictReader(handle))
     assert [int(row["step"]) for row in table] == [0] * 3 + [3] * 3
@@ -276,7 +277,8 @@ def test_a_scalar_only_logger_is_warned_about_once(tmp_path) -> None:
         trainer(tmp_path, [monitor], logger=spy).fit(Classifier(), train, val)
     ours = [w for w in caught if issubclass(w.category, SaliencyMonitorWarning)]
     assert [str(w.message) for w in ours] == [
-        "SaliencyMonitor: logger generic(SpyLogger) takes scalars only; saliency pictures and tables are not sent to it."
+        "SaliencyMonitor: logger generic(SpyLogger) takes scalars only; "
+        "saliency pictures and tables are not sent to it."
     ]
     assert len(spy.saliency()) == 3
 
@@ -357,7 +359,8 @@ def test_default_meta_step_is_calibrated_once_and_logged(tmp_path) -> None:
     logged = {metrics["saliency/meta_lr"] for _, metrics in spy.saliency()}
     assert logged == {monitor.state_dict()["meta_lr"]} and 1e-4 <= logged.pop() <= 0.1
     model.load_state_dict(initial)  # the calibration ran on the initial weights and the train probes
-    assert calibrate_meta_lr(model, monitor.state.probes["train"], monitor.state.plan) == monitor.state_dict()["meta_lr"]
+    calibrated = calibrate_meta_lr(model, monitor.state.probes["train"], monitor.state.plan)
+    assert calibrated == monitor.state_dict()["meta_lr"]
 
 
 def test_resuming_with_other_layers_warns_that_drift_restarts(tmp_path) -> None:

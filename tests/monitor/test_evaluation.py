@@ -267,7 +267,7 @@ def reference(
     meta = settings.meta_lr is not None
     values: dict[str, list[float]] = {}
     all_targets, all_probabilities = [], []
-    label_maps: dict[str, dict[str, list[Tensor]]] = {m: {l: [] for l in (*LAYERS, COMBINED)} for m in METHODS}
+    label_maps: dict[str, dict[str, list[Tensor]]] = {m: {layer: [] for layer in (*LAYERS, COMBINED)} for m in METHODS}
     for n in range(len(probes)):
         image = probes.images[n]
         scores = reference_logits(model, image).tolist()
@@ -376,7 +376,8 @@ def test_values_match_reference(
             torch.testing.assert_close(result.maps[method][layer].double(), expected_maps, rtol=0, atol=ATOL)
     assert (result.meta_maps is not None) == meta
     if with_drift:
-        assert all(math.isnan(named(result.values)[f"drift/{m}/{l}"][1]) for m in METHODS for l in (*LAYERS, COMBINED))
+        drift = named(result.values)
+        assert all(math.isnan(drift[f"drift/{m}/{layer}"][1]) for m in METHODS for layer in (*LAYERS, COMBINED))
     assert result.reference.targets is result.targets and result.reference.maps is result.maps
 
 
@@ -535,7 +536,7 @@ def test_overflowing_meta_maps_become_nan_and_are_counted(multiclass_probes: Pro
     probes = ProbeBatch(images=multiclass_probes.images.float(), classes=multiclass_probes.classes, task="multiclass")
     result = evaluate_probes(model, probes, settings_for("multiclass", meta_lr=1e30))  # θ' overflows float32
     n = len(probes)
-    assert result.nonfinite == {f"meta/{m}/{l}": n for m in METHODS for l in LAYERS}
+    assert result.nonfinite == {f"meta/{m}/{layer}": n for m in METHODS for layer in LAYERS}
     for key, value in result.values.items():
         if key.metric.startswith("meta_"):
             assert value.isnan().all(), key

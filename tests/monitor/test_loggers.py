@@ -207,7 +207,9 @@ def test_wandb_adapter_offline_run_reads_back(wandb_env: Path) -> None:
 
 def test_read_offline_run_rejects_a_missing_path(tmp_path: Path) -> None:
     path = str(tmp_path / "nowhere")
-    message = f"Expected `run_dir` to be an existing W&B run directory, .wandb file or wandb directory, but got {path!r}."
+    message = (
+        f"Expected `run_dir` to be an existing W&B run directory, .wandb file or wandb directory, but got {path!r}."
+    )
     with pytest.raises(ValueError, match=re.escape(message)):
         read_offline_run(path)
 
@@ -252,11 +254,13 @@ def test_tensorboard_adapter_event_files_read_back(namespace: str, tmp_path: Pat
             decoded = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
             assert np.array_equal(decoded, images(step)[i])
     assert text("saliency_maps/train/captions") == [
-        (s, f"| image | caption |\n| --- | --- |\n| saliency_maps/train/0 | grid a @ {s} |\n| saliency_maps/train/1 | grid b @ {s} |")
+        (s, "| image | caption |\n| --- | --- |\n"
+            f"| saliency_maps/train/0 | grid a @ {s} |\n| saliency_maps/train/1 | grid b @ {s} |")
         for s in STEPS
     ]
     assert text("saliency_probes/train") == [
-        (s, f"| probe | label | meta_correlation |\n| --- | --- | --- |\n| probe_0 | 3 | {0.25 * s} |\n| probe_1 | 1 | nan |")
+        (s, "| probe | label | meta_correlation |\n| --- | --- | --- |\n"
+            f"| probe_0 | 3 | {0.25 * s} |\n| probe_1 | 1 | nan |")
         for s in STEPS
     ]
 
@@ -328,26 +332,47 @@ BAD_CALLS = [
     ("log_scalars", ({"a": 1.0}, -1), ValueError, "Expected `step` to be an int >= 0, but got -1."),
     ("log_scalars", ({"a": 1.0}, 1.0), TypeError, "Expected `step` to be an int >= 0, but got 1.0."),
     ("log_scalars", ({"a": 1.0}, True), TypeError, "Expected `step` to be an int >= 0, but got True."),
-    ("log_scalars", ({}, 0), TypeError, "Expected `values` to be a non-empty mapping of str keys to numbers, but got {}."),
+    (
+        "log_scalars", ({}, 0), TypeError,
+        "Expected `values` to be a non-empty mapping of str keys to numbers, but got {}.",
+    ),
     ("log_scalars", ({"": 1.0}, 0), TypeError, "Expected the keys of `values` to be non-empty strings, but got ''."),
-    ("log_scalars", ({"a": "1"}, 0), TypeError, "Expected `values['a']` to be a real number (NaN allowed), but got '1'."),
-    ("log_scalars", ({"a": True}, 0), TypeError, "Expected `values['a']` to be a real number (NaN allowed), but got True."),
-    ("log_images", ("k", [], [], 0), TypeError, "Expected `images` to be a non-empty sequence of numpy arrays, but got []."),
+    (
+        "log_scalars", ({"a": "1"}, 0), TypeError,
+        "Expected `values['a']` to be a real number (NaN allowed), but got '1'.",
+    ),
+    (
+        "log_scalars", ({"a": True}, 0), TypeError,
+        "Expected `values['a']` to be a real number (NaN allowed), but got True.",
+    ),
+    (
+        "log_images", ("k", [], [], 0), TypeError,
+        "Expected `images` to be a non-empty sequence of numpy arrays, but got [].",
+    ),
     ("log_images", ("k", [[1]], ["c"], 0), TypeError, "Expected `images[0]` to be a numpy array, but got [1]."),
     (
         "log_images", ("k", [IMAGE, IMAGE.astype(np.float32)], ["c", "d"], 0), ValueError,
-        "Expected `images[1]` to be a uint8 array of shape (H, W, 3) with H, W > 0, but got dtype=float32 and shape=(4, 5, 3).",
+        "Expected `images[1]` to be a uint8 array of shape (H, W, 3) with H, W > 0,"
+        " but got dtype=float32 and shape=(4, 5, 3).",
     ),
     (
         "log_images", ("k", [IMAGE[..., 0]], ["c"], 0), ValueError,
-        "Expected `images[0]` to be a uint8 array of shape (H, W, 3) with H, W > 0, but got dtype=uint8 and shape=(4, 5).",
+        "Expected `images[0]` to be a uint8 array of shape (H, W, 3) with H, W > 0,"
+        " but got dtype=uint8 and shape=(4, 5).",
     ),
     (
         "log_images", ("k", [IMAGE[:0]], ["c"], 0), ValueError,
-        "Expected `images[0]` to be a uint8 array of shape (H, W, 3) with H, W > 0, but got dtype=uint8 and shape=(0, 5, 3).",
+        "Expected `images[0]` to be a uint8 array of shape (H, W, 3) with H, W > 0,"
+        " but got dtype=uint8 and shape=(0, 5, 3).",
     ),
-    ("log_images", ("k", [IMAGE], ["c", "d"], 0), TypeError, "Expected `captions` to be a sequence of 1 strings (one per image), but got ['c', 'd']."),
-    ("log_images", ("k", [IMAGE], "c", 0), TypeError, "Expected `captions` to be a sequence of 1 strings (one per image), but got 'c'."),
+    (
+        "log_images", ("k", [IMAGE], ["c", "d"], 0), TypeError,
+        "Expected `captions` to be a sequence of 1 strings (one per image), but got ['c', 'd'].",
+    ),
+    (
+        "log_images", ("k", [IMAGE], "c", 0), TypeError,
+        "Expected `captions` to be a sequence of 1 strings (one per image), but got 'c'.",
+    ),
     (
         "log_images", ("saliency_maps//train", [IMAGE], ["c"], 0), ValueError,
         "Expected `key` to be a '/'-separated name of non-empty parts other than '.' and '..' (no backslashes),"
@@ -358,12 +383,27 @@ BAD_CALLS = [
         "Expected `key` to be a '/'-separated name of non-empty parts other than '.' and '..' (no backslashes),"
         " like 'saliency_maps/train', but got '../up'.",
     ),
-    ("log_table", ("k", ["a", "a"], [[1, 2]], 0), TypeError, "Expected `columns` to be a non-empty sequence of unique non-empty strings, but got ['a', 'a']."),
-    ("log_table", ("k", "ab", [[1, 2]], 0), TypeError, "Expected `columns` to be a non-empty sequence of unique non-empty strings, but got 'ab'."),
+    (
+        "log_table", ("k", ["a", "a"], [[1, 2]], 0), TypeError,
+        "Expected `columns` to be a non-empty sequence of unique non-empty strings, but got ['a', 'a'].",
+    ),
+    (
+        "log_table", ("k", "ab", [[1, 2]], 0), TypeError,
+        "Expected `columns` to be a non-empty sequence of unique non-empty strings, but got 'ab'.",
+    ),
     ("log_table", ("k", ["a"], [], 0), TypeError, "Expected `rows` to be a non-empty sequence of rows, but got []."),
-    ("log_table", ("k", ["a", "b"], [[1, 2], [3]], 0), ValueError, "Expected `rows[1]` to be a sequence of 2 cells, but got [3]."),
-    ("log_table", ("k", ["a", "b"], [[1, None]], 0), TypeError, "Expected `rows[0][1]` to be a str, int or float, but got None."),
-    ("log_table", ("k", ["a"], [[False]], 0), TypeError, "Expected `rows[0][0]` to be a str, int or float, but got False."),
+    (
+        "log_table", ("k", ["a", "b"], [[1, 2], [3]], 0), ValueError,
+        "Expected `rows[1]` to be a sequence of 2 cells, but got [3].",
+    ),
+    (
+        "log_table", ("k", ["a", "b"], [[1, None]], 0), TypeError,
+        "Expected `rows[0][1]` to be a str, int or float, but got None.",
+    ),
+    (
+        "log_table", ("k", ["a"], [[False]], 0), TypeError,
+        "Expected `rows[0][0]` to be a str, int or float, but got False.",
+    ),
     (
         "log_table", ("k", ["a", "b"], [["x", 1], [2.5, 2]], 0), ValueError,
         "Expected column 'a' of `rows` to hold only strings or only numbers, but got ['x', 2.5].",

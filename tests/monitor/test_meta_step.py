@@ -33,8 +33,8 @@ def setup():
 def reference_correlation(model, images, labels, lr) -> float:
     """Mean Spearman ρ (scipy) of plain vs meta combined maps, the combination written out."""
     def combined(maps) -> np.ndarray:
-        layers = [F.interpolate(maps["norm_grad_selective"][l], size=images.shape[-2:], mode="bilinear",
-                                align_corners=False)[:, 0].double() for l in LAYERS]
+        layers = [F.interpolate(maps["norm_grad_selective"][layer], size=images.shape[-2:], mode="bilinear",
+                                align_corners=False)[:, 0].double() for layer in LAYERS]
         normalised = [(m - m.amin((1, 2), keepdim=True)) / (m.amax((1, 2), keepdim=True) - m.amin((1, 2), keepdim=True))
                       for m in layers]
         return (sum(normalised) / len(LAYERS)).numpy()

@@ -39,7 +39,7 @@ def zip_collate(batch: list) -> tuple:
     return tuple(zip(*batch))
 
 
-def raises(error: type[Exception], message: str):  # noqa: ANN201 - pytest context manager
+def raises(error: type[Exception], message: str):
     return pytest.raises(error, match=f"^{re.escape(message)}$")
 
 

@@ -9,11 +9,11 @@ import torch
 
 from saliency_monitor import SaliencyMonitor
 from saliency_monitor.engine import saliency_options
+from saliency_monitor.engine.compute import compute_saliency
+from saliency_monitor.metrics import structural_similarity
 from saliency_monitor.monitor.evaluation import EvaluationPlan, evaluate_probes
 from saliency_monitor.monitor.keys import MetricKey
-from saliency_monitor.metrics import structural_similarity
 from saliency_monitor.monitor.probes import ProbeBatch
-from saliency_monitor.engine.compute import compute_saliency
 from tests._fits import Classifier, SpyLogger, TinyNet, multiclass_loaders, trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:SaliencyMonitor. logger generic:UserWarning")

@@ -182,7 +182,8 @@ def test_a_nan_loss_gives_nan_metrics_and_training_completes(tmp_path) -> None:
          "Expected at most one of `every_n_epochs` and `every_n_train_steps`, but got every_n_epochs=2 and "
          "every_n_train_steps=10."),
         ({"every_n_epochs": 0}, ValueError, "Expected `every_n_epochs` to be a positive int, but got 0."),
-        ({"methods": ["normgrad"]}, ValueError, "Expected `methods` to hold methods in ['grad_cam', 'gradient', 'linear_approx', 'lrp', "),
+        ({"methods": ["normgrad"]}, ValueError,
+         "Expected `methods` to hold methods in ['grad_cam', 'gradient', 'linear_approx', 'lrp', "),
         ({"methods": "norm_grad"}, TypeError, "Expected `methods` to be a sequence of strings, but got 'norm_grad'."),
         ({"meta_lr": "paper"}, ValueError,
          "Expected `meta_lr` to be a non-zero number, one of ['calibrate', 'optimizer'] or None, but got 'paper'."),

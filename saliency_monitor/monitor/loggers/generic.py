@@ -14,7 +14,7 @@ __all__ = ["GenericAdapter"]
 class GenericAdapter(LoggerAdapter):
     """Scalars through ``logger.log_metrics(values, step=step)``; no images, no tables.
 
-    ``supports_images`` is False: by the :class:`~saliency_monitor.loggers.base.SaliencyLogger`
+    ``supports_images`` is False: by the :class:`~saliency_monitor.monitor.loggers.base.SaliencyLogger`
     contract the caller checks it, warns that this logger gets no pictures or tables, and does not
     call ``log_images`` / ``log_table``. Called anyway, they validate their arguments and store
     nothing.

@@ -209,6 +209,7 @@ def _spread(classes: Sequence[tuple[int, ...]], count: int) -> list[int]:
 
 def _derived_seed(seed: int, key: int | str) -> int:
     """A 63-bit seed from ``(seed, key)``: the same for draw_probes and load_probes."""
+    # the salt names 0.1's module: changing it would change every drawn probe set
     digest = hashlib.sha256(f"saliency_monitor.probes:{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
