@@ -2,7 +2,7 @@
 
 Each analysis takes a model and :class:`~saliency_monitor.monitor.probes.ProbeBatch` images and returns
 a small result dataclass of per-image (or per-pair) numbers; the writers in
-:mod:`examples.reproduce` turn a result into a markdown table and a figure. Nothing here reads
+:mod:`examples.reproduce.report` turn a result into a markdown table and a figure. Nothing here reads
 files, parses options or draws.
 
 ==================  ========================================  ==================================
@@ -20,7 +20,6 @@ Correlations are Spearman's ρ of maps upsampled bilinearly to the image size (t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -29,26 +28,22 @@ from torch import Tensor, nn
 
 from saliency_monitor import compute_saliency
 from saliency_monitor.analysis.layer_weights import WEIGHTINGS, layer_weights
-from saliency_monitor.metrics import COMBINATIONS, combine_maps
-from saliency_monitor.engine.model_io import model_logits
-from saliency_monitor.monitor.probes import label_max_min_targets, probe_chunks
+from saliency_monitor.analysis.sanity import RandomizationResult, cascading_randomization
 from saliency_monitor.engine.layers import INPUT
-from saliency_monitor.engine.model_io import eval_mode
+from saliency_monitor.engine.model_io import eval_mode, model_logits
 from saliency_monitor.metrics import (
+    COMBINATIONS,
     PointingGameResult,
     class_sensitivity,
+    combine_maps,
     difficult_pairs,
     map_correlation,
     max_min_targets,
-    pointing_game,
-    pointing_hits,
 )
-from saliency_monitor.monitor.probes import ProbeBatch
-from saliency_monitor.analysis.sanity import RandomizationResult, cascading_randomization
+from saliency_monitor.monitor.probes import ProbeBatch, label_max_min_targets, probe_chunks
 
-PAPER_TOLERANCE_PX = 15.0
-"""Supp. A: a pointing-game hit is within 15 px of the class's boxes, at 224 px images."""
-PAPER_IMAGE_SIZE = 224
+from .pointing import add_result, center_maps, class_mean_se, pair_pointing, present_targets, scaled_tolerance
+
 IDENTITY_METHODS = ("norm_grad", "norm_grad_conv")
 LAYER_METHODS = ("linear_approx", "norm_grad_selective")
 SENSITIVITY_METHODS = ("gradient", "linear_approx", "grad_cam", "norm_grad", "norm_grad_selective")
@@ -61,11 +56,6 @@ CENTER = "center"
 """Layer analysis baseline: always point at the image centre (Fig. 3's 'center' line)."""
 
 
-def scaled_tolerance(image_size: int) -> float:
-    """The pointing-game radius at ``image_size``: 15 px at 224 px, scaled linearly."""
-    return PAPER_TOLERANCE_PX * image_size / PAPER_IMAGE_SIZE
-
-
 def conv_layers(model: nn.Module) -> list[str]:
     """Names of every ``nn.Conv2d`` in ``model``, in definition order."""
     return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
@@ -76,6 +66,8 @@ def conv_layers(model: nn.Module) -> list[str]:
 
 @dataclass(frozen=True)
 class IdentityResult:
+    """NormGrad with vs without the identity trick, per conv layer."""
+
     layers: tuple[str, ...]
     kernels: dict[str, tuple[int, ...]]
     """layer -> the conv's kernel size."""
@@ -114,7 +106,7 @@ def identity_check(
     map_sizes: dict[str, tuple[int, int]] = {}
     for chunk, images in probe_chunks(model, probes, batch_size):
         predicted = model_logits(model, images).argmax(dim=1, keepdim=True)
-        pairs, valid = _present_targets(chunk) if with_boxes else (predicted.cpu(), None)
+        pairs, valid = present_targets(chunk) if with_boxes else (predicted.cpu(), None)
         targets = torch.cat([predicted, pairs.to(predicted.device)], dim=1) if with_boxes else predicted
         maps = compute_saliency(model, images, targets, layers, IDENTITY_METHODS)
         for layer in layers:
@@ -124,14 +116,12 @@ def identity_check(
             if with_boxes:
                 masks = chunk.class_masks(num_classes)
                 for method in IDENTITY_METHODS:
-                    (result, _), _ = _pointing(maps[method][layer][:, 1:].cpu(), pairs, valid, masks, tolerance)
-                    pointing[method][layer] = _add(pointing[method].get(layer), result)
+                    (result, _), _ = pair_pointing(maps[method][layer][:, 1:].cpu(), pairs, valid, masks, tolerance)
+                    pointing[method][layer] = add_result(pointing[method].get(layer), result)
     modules = dict(model.named_modules())
     kernels = {layer: tuple(getattr(modules.get(layer), "kernel_size", ())) for layer in layers}
-    return IdentityResult(
-        tuple(layers), kernels, map_sizes, {k: torch.cat(v) for k, v in correlations.items()},
-        pointing if with_boxes else None, tolerance,
-    )
+    rho = {k: torch.cat(v) for k, v in correlations.items()}
+    return IdentityResult(tuple(layers), kernels, map_sizes, rho, pointing if with_boxes else None, tolerance)
 
 
 # --------------------------------------------------------------------------- layers (§4.2)
@@ -139,6 +129,8 @@ def identity_check(
 
 @dataclass(frozen=True)
 class LayersResult:
+    """Pointing-game scores per method, for each layer, layer combination and the centre baseline."""
+
     methods: tuple[str, ...]
     layers: tuple[str, ...]
     weights: dict[str, Tensor]
@@ -158,9 +150,11 @@ class LayersResult:
 
     @property
     def combinations(self) -> tuple[str, ...]:
+        """Every ``f"{weighting} {mode}"`` combination scored."""
         return tuple(f"{w} {m}" for m in COMBINATIONS for w in self.weights)
 
     def accuracy(self, method: str, name: str, subset: str) -> float:
+        """Pointing-game accuracy of ``name`` (a layer, a combination or ``"center"``) on ``subset``."""
         return float(self.scores[method][name][subset].accuracy)
 
     def best_layer(self, method: str, subset: str) -> str:
@@ -173,7 +167,7 @@ class LayersResult:
         keep = self.pair_difficult if subset == "difficult" else torch.ones_like(self.pair_difficult)
         diff = self.hits[method][name].double() - self.hits[method][best].double()
         gain = self.accuracy(method, name, subset) - self.accuracy(method, best, subset)
-        return gain, _class_mean_se(diff[keep], self.pair_classes[keep])
+        return gain, class_mean_se(diff[keep], self.pair_classes[keep])
 
 
 def layer_combination(
@@ -201,7 +195,7 @@ def layer_combination(
     hits: dict[str, dict[str, list[Tensor]]] = {m: {} for m in methods}
     classes, difficult = [], []
     for chunk, images in probe_chunks(model, probes, batch_size):
-        targets, valid = _present_targets(chunk)
+        targets, valid = present_targets(chunk)
         masks = chunk.class_masks(num_classes)
         maps = compute_saliency(model, images, targets.to(images.device), layers, list(methods))
         named = {m: {layer: maps[m][layer].cpu() for layer in layers} for m in methods}
@@ -211,10 +205,10 @@ def layer_combination(
             for weighting, gamma in weights.items():
                 for mode in COMBINATIONS:
                     named[method][f"{weighting} {mode}"] = combine_maps(per_layer, gamma.tolist(), size=size, mode=mode)
-            named[method][CENTER] = _center_maps(targets.shape, size)
+            named[method][CENTER] = center_maps(targets.shape, size)
             for name, per_name in named[method].items():
-                result, pair_hits = _pointing(per_name, targets, valid, masks, tolerance)
-                scores[method][name] = {s: _add(scores[method].get(name, {}).get(s), result[i]) for i, s in
+                result, pair_hits = pair_pointing(per_name, targets, valid, masks, tolerance)
+                scores[method][name] = {s: add_result(scores[method].get(name, {}).get(s), result[i]) for i, s in
                                         enumerate(SUBSETS)}
                 hits[method].setdefault(name, []).append(pair_hits)
         flat_targets = targets[valid][:, None]
@@ -272,6 +266,8 @@ def layer_features(
 
 @dataclass(frozen=True)
 class ClassSensitivityResult:
+    """ρ(max-class map, min-class map) per method and layer, plain and meta."""
+
     methods: tuple[str, ...]
     layers: tuple[str, ...]
     plain: dict[str, dict[str, Tensor]]
@@ -308,6 +304,8 @@ def class_sensitivity_analysis(
 
 @dataclass(frozen=True)
 class MetaGapResult:
+    """ρ(map, meta map) on training vs validation images, per checkpoint."""
+
     epochs: tuple[int, ...]
     methods: tuple[str, ...]
     layers: tuple[str, ...]
@@ -372,6 +370,8 @@ def label_targets(logits: Tensor, probes: ProbeBatch) -> Tensor:
 
 @dataclass(frozen=True)
 class RandomizationAnalysis:
+    """The cascading-randomisation result and the settings it ran with."""
+
     result: RandomizationResult
     methods: tuple[str, ...]
     layers: tuple[str, ...]
@@ -394,70 +394,6 @@ def randomization(
     return RandomizationAnalysis(result, tuple(methods), tuple(layers), meta_lr, batchnorm)
 
 
-# --------------------------------------------------------------------------- statistics
-
-
-def pointing_se(result: PointingGameResult) -> float:
-    """Standard error of :attr:`PointingGameResult.accuracy` (a mean of C per-class binomial
-    proportions p_c over n_c pairs): √(Σ_c p_c(1 − p_c)/n_c) / C over the evaluated classes."""
-    total = (result.hits + result.misses).double()
-    seen = total > 0
-    p = result.hits.double()[seen] / total[seen]
-    return float((p * (1 - p) / total[seen]).sum().sqrt() / seen.sum()) if seen.any() else math.nan
-
-
-def pointing_pairs(result: PointingGameResult) -> int:
-    return int((result.hits + result.misses).sum())
-
-
-def _class_mean_se(values: Tensor, classes: Tensor) -> float:
-    """SE of the mean over classes of per-class means of ``values`` (paired differences)."""
-    variance, count = 0.0, 0
-    for c in classes.unique():
-        v = values[classes == c]
-        variance += float(v.var() / len(v)) if len(v) > 1 else 0.0
-        count += 1
-    return math.sqrt(variance) / count if count else math.nan
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _present_targets(probes: ProbeBatch) -> tuple[Tensor, Tensor]:
-    """(B, T) every present class of each image, padded with its first class, and (B, T) bool
-    marking the real (non-padding) entries; T = the most classes in one image."""
-    width = max(len(c) for c in probes.classes)
-    targets = torch.tensor([list(c) + [c[0]] * (width - len(c)) for c in probes.classes], dtype=torch.long)
-    valid = torch.tensor([[i < len(c) for i in range(width)] for c in probes.classes])
-    return targets, valid
-
-
-def _pointing(
-    maps: Tensor, targets: Tensor, valid: Tensor, masks: Tensor, tolerance: float
-) -> tuple[tuple[PointingGameResult, PointingGameResult], Tensor]:
-    """((all, difficult) pointing games of the valid (image, class) pairs, (P,) hits).
-
-    Each valid pair becomes one row with T = 1, so padding never counts twice."""
-    index = valid.nonzero()
-    pair_maps = maps.cpu()[index[:, 0], index[:, 1]][:, None]
-    pair_targets = targets[index[:, 0], index[:, 1]][:, None]
-    pair_masks = masks[index[:, 0]]
-    results = tuple(pointing_game(pair_maps, pair_targets, pair_masks, tolerance, difficult=d) for d in (False, True))
-    class_masks = pair_masks[torch.arange(len(index)), pair_targets[:, 0]]
-    return results, pointing_hits(pair_maps[:, 0], class_masks, tolerance)
-
-
-def _center_maps(shape: torch.Size | tuple[int, ...], size: tuple[int, int]) -> Tensor:
-    """(B, T, H, W) maps peaking at the image centre (minus the squared distance to it)."""
-    rows = torch.arange(size[0], dtype=torch.float32) - (size[0] - 1) / 2
-    cols = torch.arange(size[1], dtype=torch.float32) - (size[1] - 1) / 2
-    centre = -(rows[:, None] ** 2 + cols[None, :] ** 2)
-    return centre.expand(*shape[:2], *size).contiguous()
-
-
-def _add(total: PointingGameResult | None, result: PointingGameResult) -> PointingGameResult:
-    return result if total is None else total + result
-
-
 def _cat_nested(table: Mapping[str, Mapping[str, list[Tensor]]]) -> dict[str, dict[str, Tensor]]:
+    """Concatenate the per-chunk tensors of a method -> name -> chunks table."""
     return {m: {k: torch.cat(v) for k, v in per.items()} for m, per in table.items()}

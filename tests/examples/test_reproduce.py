@@ -1,8 +1,10 @@
-"""examples/reproduce.py: each analysis on a tiny model and a tiny synthetic VOC set, the CLI end to end."""
+"""examples.reproduce: each analysis on a tiny model and a tiny synthetic VOC set, the CLI end to end."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +16,12 @@ from PIL import Image
 from scipy.stats import spearmanr
 from torch import nn
 
-from examples import reproduce as R
-from examples import reproduce_analyses as A
+from examples.reproduce import analyses as A
+from examples.reproduce import cli, data, models, pointing, report
 from examples.voc_data import generate_synthetic_voc
 from saliency_monitor import compute_saliency
-from saliency_monitor.metrics import combine_maps
+from saliency_monitor.metrics import combine_maps, pointing_game
 from saliency_monitor.monitor.evaluation import mean_stderr
-from saliency_monitor.metrics import pointing_game
 from saliency_monitor.monitor.probes import ProbeBatch
 
 SIZE = 32
@@ -56,12 +57,12 @@ def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def probes(voc_root: Path) -> ProbeBatch:
-    return R.voc_probes(voc_root, "test", SIZE, None, seed=0)
+    return data.voc_probes(voc_root, "test", SIZE, None, seed=0)
 
 
 @pytest.fixture(scope="module")
 def train_probes(voc_root: Path) -> ProbeBatch:
-    return R.voc_probes(voc_root, "trainval", SIZE, None, seed=0)
+    return data.voc_probes(voc_root, "trainval", SIZE, None, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +138,11 @@ def test_layer_table_numbers_equal_direct_pointing_game_calls(model, probes, tra
         assert result.gain(method, best, "all")[0] == 0
     assert len(result.pair_classes) == sum(len(c) for c in probes.classes) == len(result.hits["linear_approx"]["conv1"])
 
-    report = R.write_layers(result, tmp_path, R.Setting("tiny", "tiny VOC", "cmd", 1.0))
-    text = report.markdown.read_text()
+    written = report.write_layers(result, tmp_path, report.Setting("tiny", "tiny VOC", "cmd", 1.0))
+    text = written.markdown.read_text()
     accuracy = float(direct_pointing(model, probes, "linear_approx", ["conv2"], result.tolerance, False).accuracy)
     assert f"| `conv2` | 16×16 | {accuracy * 100:.1f} ± " in text.split("### norm_grad_selective")[0]
-    assert "**Verdict.**" in text and Image.open(report.figure).size[0] > 100
+    assert "**Verdict.**" in text and Image.open(written.figure).size[0] > 100
 
 
 # --------------------------------------------------------------------------- class sensitivity, meta-gap, randomization
@@ -204,7 +205,7 @@ def resnet_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_cli_all_end_to_end(voc_root, resnet_weights, tmp_path, capsys) -> None:
     out = tmp_path / "out"
-    reports = R.main([
+    reports = cli.main([
         "all", "--arch", "resnet18", "--weights", str(resnet_weights), "--voc-root", str(voc_root),
         "--num-images", "2", "--image-size", str(SIZE), "--out", str(out), "--layers", "conv1", "layer2.0.conv1",
         "--checkpoints", str(resnet_weights), "--batchnorm", "keep", "--methods", "linear_approx", "norm_grad",
@@ -215,26 +216,43 @@ def test_cli_all_end_to_end(voc_root, resnet_weights, tmp_path, capsys) -> None:
         assert "| " in text and "**Verdict.**" in text and "Paper" in text and " ± " in text
         assert Image.open(out / f"{name}.png").size[0] > 100
     readme = (out / "README.md").read_text()
-    assert "python examples/reproduce.py all --arch resnet18" in readme and readme.count("**Verdict.**") == 5
+    assert "python -m examples.reproduce all --arch resnet18" in readme and readme.count("**Verdict.**") == 5
     assert "Data: VOC 2007 at" in readme and "2 images at 32 px" in readme
     assert "identity: " in capsys.readouterr().out
 
 
-def test_cli_image_folder_without_boxes(resnet_weights, tmp_path) -> None:
-    folder = tmp_path / "images"
+def image_folder(folder: Path) -> Path:
+    """An ImageFolder of two classes (cat, dog) with two random 40x48 images each."""
     rng = np.random.default_rng(0)
     for name in ("cat", "dog"):
         (folder / name).mkdir(parents=True)
         for i in range(2):
             Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
-    probes = R.folder_probes(folder, SIZE, None, seed=0)
+    return folder
+
+
+def test_cli_image_folder_without_boxes(resnet_weights, tmp_path) -> None:
+    folder = image_folder(tmp_path / "images")
+    probes = data.folder_probes(folder, SIZE, None, seed=0)
     assert probes.task == "multiclass" and probes.classes == ((0,), (0,), (1,), (1,)) and probes.boxes is None
     assert probes.images.shape == (4, 3, SIZE, SIZE)
     out = tmp_path / "out"
-    reports = R.main(["identity", "--arch", "resnet18", "--weights", "none", "--images", str(folder),
-                      "--image-size", str(SIZE), "--out", str(out), "--layers", "conv1", "layer1.0.conv2"])
+    reports = cli.main(["identity", "--arch", "resnet18", "--weights", "none", "--images", str(folder),
+                        "--image-size", str(SIZE), "--out", str(out), "--layers", "conv1", "layer1.0.conv2"])
     text = reports["identity"].markdown.read_text()
     assert "| `conv1` | 7×7 | 16×16 |" in text and "pointing NG (%)" not in text  # no boxes: no pointing game
+
+
+def test_python_m_examples_reproduce_runs_the_cli(tmp_path) -> None:
+    folder, out = image_folder(tmp_path / "images"), tmp_path / "out"
+    argv = ["identity", "--arch", "resnet18", "--weights", "none", "--images", str(folder), "--image-size", str(SIZE),
+            "--out", str(out), "--layers", "conv1"]
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "examples.reproduce", *argv], cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "identity: " in done.stdout and (out / "identity.png").is_file()
+    assert "- Command: `python -m examples.reproduce identity --arch resnet18" in (out / "identity.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -264,7 +282,7 @@ def test_cli_image_folder_without_boxes(resnet_weights, tmp_path) -> None:
 )
 def test_argparse_errors(argv, message, capsys) -> None:
     with pytest.raises(SystemExit) as error:
-        R.parse_args(argv)
+        cli.parse_args(argv)
     assert error.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -277,21 +295,21 @@ def test_build_model_reads_state_dicts_and_lightning_checkpoints(tmp_path) -> No
     source = torchvision.models.resnet18(num_classes=20)
     torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}, "epoch": 3},
                tmp_path / "lightning.ckpt")
-    loaded = R.build_model("resnet18", tmp_path / "lightning.ckpt", 20)
+    loaded = models.build_model("resnet18", tmp_path / "lightning.ckpt", 20)
     assert not loaded.training
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in source.state_dict().items())
     torch.save(source.state_dict(), tmp_path / "plain.pt")
     with pytest.raises(SystemExit, match=r"^Expected .*plain.pt to hold the parameters of SqueezeNet, but keys differ"):
-        R.build_model("squeezenet1_1", tmp_path / "plain.pt", 20)
+        models.build_model("squeezenet1_1", tmp_path / "plain.pt", 20)
     with pytest.raises(SystemExit, match=r"^Could not load resnet18 weights 'NOT_A_WEIGHT': not a file, and "
                                          r"torchvision could not provide them \(KeyError"):
-        R.build_model("resnet18", "NOT_A_WEIGHT", None)
+        models.build_model("resnet18", "NOT_A_WEIGHT", None)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match=r"^Could not read a state dict from .*junk.pt \(UnpicklingError"):
-        R.build_model("resnet18", tmp_path / "junk.pt", 20)
+        models.build_model("resnet18", tmp_path / "junk.pt", 20)
 
 
 def test_scaled_tolerance_and_statistics() -> None:
-    assert A.scaled_tolerance(224) == 15 and A.scaled_tolerance(64) == pytest.approx(4.2857, abs=1e-4)
+    assert pointing.scaled_tolerance(224) == 15 and pointing.scaled_tolerance(64) == pytest.approx(4.2857, abs=1e-4)
     mean, se, n = mean_stderr(torch.tensor([1.0, 2.0, 3.0, math.nan], dtype=torch.float64))
     assert (mean, n) == (2.0, 3) and se == pytest.approx(1 / math.sqrt(3))
