@@ -21,7 +21,7 @@ import sys
 import torch
 import torch.nn.functional as F
 import torchvision
-from _timing import measure, print_table
+from _timing import measure_interleaved, print_table
 
 from saliency_monitor import compute_saliency
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--targets", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.002)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     baseline_model = copy.deepcopy(model)
     baseline = lambda: copy_step_restore(baseline_model, images, targets, args.lr)  # noqa: E731
 
-    step = measure(training_step, repeat=args.repeat)
-    meta = measure(ours, repeat=args.repeat)
-    restore = measure(baseline, repeat=args.repeat)
+    # interleaved rounds: a change of load on a shared machine hits every variant alike
+    timings = measure_interleaved({"step": training_step, "meta": ours, "restore": baseline}, repeat=args.repeat)
+    step, meta, restore = timings["step"], timings["meta"], timings["restore"]
     got, want = ours(), baseline()
     diff = max(
         float((got[m][layer] - want[m][layer]).abs().max() / want[m][layer].abs().max())
