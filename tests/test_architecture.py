@@ -190,3 +190,20 @@ def test_the_import_paths_of_0_1_still_work() -> None:
     assert saliency_monitor.compute_saliency is engine.compute_saliency
     assert saliency_monitor.default_layers is engine.default_layers
     assert analysis.__doc__ and engine.__doc__ and metrics.__doc__
+
+
+def test_the_engine_runs_without_importing_lightning_wandb_or_zennit() -> None:
+    """A fresh interpreter computing gradient maps loads none of them (the relevance methods load zennit)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch, saliency_monitor as s\n"
+        "m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),"
+        " torch.nn.Linear(4, 3))\n"
+        "s.compute_saliency(m, torch.randn(2, 3, 8, 8), [0, 1], ['0'], ['norm_grad', 'conv3x3_depthwise:max'],"
+        " meta_lr=0.01)\n"
+        "print(sorted(n for n in ('pytorch_lightning', 'lightning', 'wandb', 'zennit') if n in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -16,6 +16,23 @@ patches it most resembles, near and far, at several scales:
 Everything runs on the maps' device, without gradients, vectorised over patches and images
 (one matrix product per chunk of patches, then a K-smallest selection); memory is bounded by
 chunking the patch-to-candidate distances.
+
+Exactly, per image: resize so the long edge is ``size`` (aspect kept; bilinear, antialiased
+when shrinking); min-max normalise every plane to [0, 1] (a constant plane becomes 0).
+For each scale r in ``scales``: the image at r (h·r × w·r); its ``patch_size`` patches on a
+grid of stride ``patch_size // 2`` (50% overlap); candidates: the same grid of patches of
+the scale-r image shrunk by each factor in ``query_scales`` (a factor whose image is
+smaller than a patch is skipped), their centres mapped back to the scale-r frame. Eq. 1
+with d_colour the Euclidean distance of the vectorised patches divided by
+sqrt(C · patch_size²) (the largest possible distance of [0, 1] patches, so the result
+does not depend on the patch size) and d_position the distance of the patch centres in
+coordinates divided by the larger side of the scale-r image. Eq. 2/3 over the K =
+min(k, candidates − 1) most similar candidates, the patch itself excluded (only that
+patch at query factor 1, not other identical patches). The per-patch values of each
+scale are upsampled bilinearly to the working size and averaged (Eq. 4), weighted by
+1 − (distance to the nearest pixel with S̄ ≥ ``focus_threshold`` · max S̄) / (its
+maximum) (Eq. 5, an exact Euclidean distance), optionally multiplied by the centre
+prior, and divided by their maximum (an all-zero map stays zero).
 """
 
 from __future__ import annotations
@@ -53,22 +70,7 @@ def context_aware_saliency(
 ) -> Tensor:
     """Context-aware saliency (Goferman et al. 2010, Eq. 1-5) of each map or image in a batch.
 
-    Steps, per image: resize so the long edge is ``size`` (aspect kept; bilinear, antialiased
-    when shrinking); min-max normalise every plane to [0, 1] (a constant plane becomes 0).
-    For each scale r in ``scales``: the image at r (h·r × w·r); its ``patch_size`` patches on a
-    grid of stride ``patch_size // 2`` (50% overlap); candidates: the same grid of patches of
-    the scale-r image shrunk by each factor in ``query_scales`` (a factor whose image is
-    smaller than a patch is skipped), their centres mapped back to the scale-r frame. Eq. 1
-    with d_colour the Euclidean distance of the vectorised patches divided by
-    sqrt(C · patch_size²) (the largest possible distance of [0, 1] patches, so the result
-    does not depend on the patch size) and d_position the distance of the patch centres in
-    coordinates divided by the larger side of the scale-r image. Eq. 2/3 over the K =
-    min(k, candidates − 1) most similar candidates, the patch itself excluded (only that
-    patch at query factor 1, not other identical patches). The per-patch values of each
-    scale are upsampled bilinearly to the working size and averaged (Eq. 4), weighted by
-    1 − (distance to the nearest pixel with S̄ ≥ ``focus_threshold`` · max S̄) / (its
-    maximum) (Eq. 5, an exact Euclidean distance), optionally multiplied by the centre
-    prior, and divided by their maximum (an all-zero map stays zero).
+    The exact steps are in the module docstring.
 
     Args:
         maps: (B, C, H, W) floating point, finite. C = 1 for a relevance map; for C = 3 the

@@ -55,12 +55,13 @@ DEFAULT_CONTEXT_SIZE = 64
 
 
 def check_composite(composite: object) -> None:
-    """A clear error unless ``composite`` is a known name or a zennit Composite."""
+    """A clear error unless ``composite`` is a known name or a zennit Composite (zennit is only
+    imported for a value that is not a known name)."""
+    if isinstance(composite, str) and composite in LRP_COMPOSITES:
+        return
     from zennit.core import Composite
 
-    if isinstance(composite, Composite):
-        return
-    if not isinstance(composite, str) or composite not in LRP_COMPOSITES:
+    if not isinstance(composite, Composite):
         raise ValueError(
             f"Expected `lrp_composite` to be one of {list(LRP_COMPOSITES)} or a zennit.core.Composite, "
             f"but got {composite!r}."
