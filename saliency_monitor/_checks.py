@@ -96,11 +96,9 @@ def check_distinct(values: Sequence[object], name: str) -> None:
         raise ValueError(f"Expected distinct `{name}`, but got duplicates: {duplicates}.")
 
 
-def check_callable(value: object, name: str, *, or_none: bool = True) -> Callable[..., Any] | None:
-    """``value`` if it is callable (or None when ``or_none``)."""
-    if value is None and or_none:
-        return None
-    if not callable(value):
+def check_callable(value: object, name: str) -> Callable[..., Any] | None:
+    """``value`` if it is None or callable."""
+    if value is not None and not callable(value):
         raise TypeError(f"Expected `{name}` to be callable, but got {type(value).__name__}.")
     return value
 
