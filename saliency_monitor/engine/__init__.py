@@ -2,7 +2,7 @@
 
 =================  ========================================================================
 layers             which modules maps can be computed at; ``default_layers``
-model_io           images, targets and logits checked once; eval mode
+model_io           images, targets and logits checked once; eval mode; ``two_class_logits``
 task               multiclass / multilabel: a class's loss and probabilities
 capture            one forward + one activation backward: each layer's x and g per target
 aggregate          the Extract & Aggregate grid in closed form, Grad-CAM
@@ -20,6 +20,7 @@ from .compute import SaliencyMaps, SaliencyOptions, compute_saliency, saliency_m
 from .layers import INPUT, default_layers
 from .meta import DEFAULT_META_LR
 from .methods import METHODS, NAMED_METHODS, Method, get_method, parse_methods
+from .model_io import two_class_logits
 from .task import TASKS
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "parse_methods",
     "saliency_maps",
     "saliency_options",
+    "two_class_logits",
 ]

@@ -5,7 +5,8 @@ The backward is ``torch.autograd.grad`` with respect to the captured activations
 parameter gradient is computed, nothing is written to ``.grad``, and autograd stops at the
 earliest requested layer. All T targets share the one forward (see
 ``_backward_per_target``). The model runs in eval mode and every hook is removed and
-every ``training`` flag restored on exit, also when something raises.
+every ``training`` flag restored on exit, also when something raises. Reentrant activation
+checkpoints run directly during the pass (:mod:`saliency_monitor.engine.checkpointing`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .checkpointing import checkpoints_run_directly
 from .layers import INPUT
 from .model_io import OutputToLogits, check_logits, check_targets_range, eval_mode
 from .smoothing import smoothing
@@ -52,7 +54,10 @@ class LayerRecorder:
     tensor or re-point its ``grad_fn``; no module flag is toggled.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], keep_inputs: Collection[str]):
+    def __init__(self, model: nn.Module, layers: Sequence[str], keep_inputs: Collection[str],
+                 differentiable_images: bool = True):
+        # integer images cannot require grad: an output that does not is made a leaf that does
+        self.differentiable_images = differentiable_images
         self.modules = dict(model.named_modules())
         self.outputs: dict[str, Tensor] = {}
         self.versions: dict[str, int] = {}
@@ -76,6 +81,8 @@ class LayerRecorder:
                 raise ValueError(
                     f"Expected layer {name!r} to output a 4-D (B, K, H, W) tensor, but got {got}."
                 )
+            if not output.requires_grad and not self.differentiable_images:
+                output = output.detach().requires_grad_(True)
             if not output.requires_grad:
                 raise ValueError(
                     f"Expected the output of layer {name!r} to depend differentiably on the "
@@ -131,19 +138,21 @@ def capture(
         targets: (B, T) int64 class indices on the images' device.
         layers: validated layer names (see :mod:`saliency_monitor.engine.layers`).
         keep_inputs: layers whose module input to keep as well.
-        forward: calls the model (default ``model``); e.g. a ``functional_call`` with other
-            parameters. Hooks are on ``model``'s modules, so it must run them.
+        forward: calls the model (default ``model``). Hooks are on ``model``'s modules, so it
+            must run them. For other parameters, call ``capture`` inside
+            :func:`~saliency_monitor.engine.meta.at_parameters` instead: a ``functional_call``
+            forward alone leaves the backward (checkpoint recomputation) at the old ones.
         output_to_logits: maps the model's output (e.g. a dict or tuple) to (B, C) logits.
         smooth: checkerboard smoothing at stride-2 convolutions during this forward and
             backward only (:mod:`saliency_monitor.engine.smoothing`): ``"backward"``, ``"forward"`` or None.
     """
     # smoothing hooks first: a recorded stride-2 convolution is captured after its own smoothing
-    with smoothing(model, smooth):
-        recorder = LayerRecorder(model, layers, keep_inputs)
+    with smoothing(model, smooth), checkpoints_run_directly():
+        recorder = LayerRecorder(model, layers, keep_inputs, differentiable_images=images.is_floating_point())
         try:
             with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
                 # Clones are normal tensors even if the inputs were made under inference_mode.
-                x = images.detach().clone().requires_grad_(True)
+                x = images.detach().clone().requires_grad_(images.is_floating_point())
                 targets = targets.clone()
                 output = (forward or model)(x)
                 if output_to_logits is not None:

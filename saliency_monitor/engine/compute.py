@@ -122,7 +122,9 @@ def compute_saliency(
     Args:
         model: maps (B, C_in, H, W) images to (B, C) logits. Run in eval mode; returned with
             every flag, parameter, buffer and ``.grad`` exactly as it was, hooks removed.
-        images: (B, C_in, H, W) floating point, on the model's device.
+        images: (B, C_in, H, W) on the model's device: floating point, or integer (e.g. uint8 for
+            a model that converts inside ``forward``; no gradient reaches such images, so
+            ``"input"`` is refused and only hidden layers have maps).
         targets: (B,) or (B, T) class indices; the map explains logit ``targets[b, t]``.
         layers: names from ``model.named_modules()`` (each running once per forward and
             returning a 4-D tensor) or ``"input"``; None means :func:`default_layers`.
@@ -145,7 +147,9 @@ def compute_saliency(
         output_size: if given, maps are upsampled bilinearly to it (int or (h, w));
             otherwise they keep the layer's resolution.
         output_to_logits: for models whose output is not the logits tensor (a dict, a
-            tuple, ...): maps the output to (B, C) logits, e.g. ``lambda out: out["logits"]``.
+            tuple, ...): maps the output to (B, C) logits, e.g. ``lambda out: out["logits"]``. A
+            single-logit binary classifier ((B, 1) logits): ``two_class_logits()`` from
+            :mod:`saliency_monitor.engine.model_io` makes it a two-class one (targets 0 and 1).
         smooth: checkerboard-noise removal at stride-2 convolutions, during the saliency
             pass only (:mod:`saliency_monitor.engine.smoothing`): ``"backward"`` (the gradient
             into each such convolution averaged over 2×2 shifts; forward and logits unchanged)
@@ -172,6 +176,7 @@ def saliency_maps(model: nn.Module, images: Tensor, targets: object, options: Sa
     check_images(images)
     targets = normalize_targets(targets, images)
     layers = default_layers(model, images) if options.layers is None else validate_layer_names(model, options.layers)
+    check_layers_for_images(images, layers)
     methods = with_sources(options.methods)
     keep_inputs = _conv_layers(model, layers, methods)
     names = None if options.meta_lr is None else stepped_parameter_names(model, options.meta_params)
@@ -186,6 +191,15 @@ def saliency_maps(model: nn.Module, images: Tensor, targets: object, options: Sa
         size = options.output_size
         maps = map_each(maps, lambda value: resize_maps(value, size))
     return {method.name: maps[method.name] for method in options.methods}
+
+
+def check_layers_for_images(images: Tensor, layers: Sequence[str]) -> None:
+    """Integer images (converted inside the model's ``forward``) have no gradient: no ``"input"`` maps."""
+    if INPUT in layers and not images.is_floating_point():
+        raise TypeError(
+            f"Expected floating-point images for layer {INPUT!r} (its maps differentiate the images), but got "
+            f"{images.dtype} images. Choose hidden layers only, or convert the images to float before the model."
+        )
 
 
 def _conv_layers(model: nn.Module, layers: list[str], methods: Sequence[Method]) -> set[str]:

@@ -29,12 +29,22 @@ class LayerTrace:
     calls: dict[str, int] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...] | None] = field(default_factory=dict)
     """Output shape of the first call if it was a tensor, else None."""
+    differentiable: dict[str, bool] = field(default_factory=dict)
+    """Whether the first call's output depends differentiably on the images (False for a module
+    run under ``torch.no_grad()``, e.g. a frozen backbone in linear probing)."""
+
+    def usable(self, name: str) -> bool:
+        """Saliency can be computed at ``name``: one call, a 4-D output that depends on the images."""
+        shape = self.shapes.get(name)
+        return self.calls.get(name) == 1 and shape is not None and len(shape) == 4 and self.differentiable[name]
 
 
 def trace_forward(model: nn.Module, images: Tensor) -> LayerTrace:
-    """Run one no-grad, eval-mode forward and record every module's calls and output shape."""
+    """Run one eval-mode forward of a differentiable copy of ``images`` and record every
+    module's calls, output shape and whether that output depends differentiably on the images."""
     trace = LayerTrace()
     handles = []
+    floating = images.is_floating_point()
 
     def make_hook(name: str) -> Callable[[nn.Module, object, object], None]:
         def hook(_module: nn.Module, _args: object, output: object) -> None:
@@ -43,6 +53,10 @@ def trace_forward(model: nn.Module, images: Tensor) -> LayerTrace:
             if count == 0:
                 trace.order.append(name)
                 trace.shapes[name] = tuple(output.shape) if isinstance(output, Tensor) else None
+                # integer images cannot require grad: a layer run with autograd on can still be differentiated
+                trace.differentiable[name] = isinstance(output, Tensor) and (
+                    output.requires_grad or (not floating and torch.is_grad_enabled())
+                )
 
         return hook
 
@@ -50,8 +64,9 @@ def trace_forward(model: nn.Module, images: Tensor) -> LayerTrace:
         for name, module in model.named_modules():
             if name:
                 handles.append(module.register_forward_hook(make_hook(name)))
-        with torch.no_grad(), eval_mode(model):
-            model(images)
+        with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+            differentiable = images.detach().clone()
+            model(differentiable.requires_grad_(differentiable.is_floating_point()))
     finally:
         for handle in handles:
             handle.remove()
@@ -62,7 +77,8 @@ def default_layers(model: nn.Module, images: Tensor) -> list[str]:
     """Pick one layer per spatial resolution, in forward order.
 
     Rule: run one eval-mode forward pass on ``images[:1]`` and keep the modules that run
-    exactly once and return a 4-D tensor larger than 1x1 whose (H, W) scales the input's
+    exactly once and return a 4-D tensor larger than 1x1 that depends differentiably on the
+    images (not computed under ``torch.no_grad()``) and whose (H, W) scales the input's
     by about the same factor in both dimensions (within 25%: this drops channels-last
     permutes such as ConvNeXt's (B, H, W, C)), the root module excluded. Group
     them by spatial size (H, W). For each size take the *shallowest* modules producing it
@@ -79,7 +95,7 @@ def default_layers(model: nn.Module, images: Tensor) -> list[str]:
     chosen: dict[tuple[int, int], tuple[int, int, str]] = {}  # size -> (depth, -finish, name)
     for finish, name in enumerate(trace.order):
         shape = trace.shapes[name]
-        if shape is None or len(shape) != 4 or trace.calls[name] != 1 or shape[2:] == (1, 1):
+        if shape is None or not trace.usable(name) or shape[2:] == (1, 1):
             continue
         if not _is_spatial(shape[2:], tuple(images.shape[2:])):
             continue
@@ -88,10 +104,24 @@ def default_layers(model: nn.Module, images: Tensor) -> list[str]:
         chosen[size] = min(chosen.get(size, candidate), candidate)
     if not chosen:
         raise ValueError(
-            "Expected `model` to have at least one module returning a 4-D (B, K, H, W) tensor "
-            "larger than 1x1 and running once per forward, but it has none; pass `layers`."
+            "Expected `model` to have at least one module returning a 4-D (B, K, H, W) tensor larger than 1x1, "
+            "running once per forward and depending differentiably on the images, but it has none; pass `layers`."
+            + ("" if any(trace.usable(name) for name in trace.order) else NO_GRAD_HINT)
         )
     return [name for _, _, name in sorted(chosen.values(), key=lambda c: -c[1])]
+
+
+NO_GRAD_HINT = (
+    " No module's 4-D output depends differentiably on the images: does the forward run (part of) the model "
+    "under torch.no_grad(), as in linear probing? Saliency needs the gradient through those layers: freeze "
+    "them with `requires_grad_(False)` instead (the training is the same)."
+)
+
+
+def usable_layers(model: nn.Module, images: Tensor) -> list[str]:
+    """The layers saliency can be computed at (see :meth:`LayerTrace.usable`), in forward order."""
+    trace = trace_forward(model, images[:1])
+    return [name for name in trace.order if trace.usable(name)]
 
 
 def _is_spatial(size: tuple[int, ...], input_size: tuple[int, ...]) -> bool:

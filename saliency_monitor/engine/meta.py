@@ -7,7 +7,8 @@ For image x_i and target c, take one SGD step on that single loss,
 and compute the saliency map at θ'. With lr = 2ε this is the first-order expansion of
 ∇_θ ℓ(θ − ε∇_θ ℓ; x_i, c) (the paper's ε = 0.001 gives lr = 0.002); lr < 0 is gradient
 ascent ("negative meta-saliency"). The model is never mutated: θ' is a dict of new tensors
-passed through ``torch.func.functional_call``; no weight, ``.grad``, buffer or flag changes.
+that :func:`at_parameters` (``torch.func.functional_call``) puts in place for a whole forward
+and backward; no weight, ``.grad``, buffer or flag changes.
 
 Losses (``task``, :mod:`saliency_monitor.engine.task`): ``"multiclass"`` softmax
 cross-entropy of class c; ``"multilabel"`` binary cross-entropy of logit c toward 1, i.e.
@@ -26,6 +27,7 @@ from torch.func import functional_call
 
 from .._checks import check_choice, check_number
 from .capture import Captured, capture
+from .checkpointing import checkpoints_run_directly
 from .model_io import OutputToLogits, check_logits, check_targets_range, eval_mode
 from .task import class_loss
 
@@ -57,41 +59,75 @@ def stepped_parameter_names(model: nn.Module, meta_params: str) -> list[str]:
     return names
 
 
-def stepped_parameters(
+class _Holder(nn.Module):
+    """Holds the model as ``model`` and runs any function as its forward, so that
+    ``functional_call`` on it reparametrises the model for the whole function."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, function: Callable[[], R]) -> R:
+        return function()
+
+
+def at_parameters(model: nn.Module, parameters: Parameters, function: Callable[[], R]) -> R:
+    """``function()`` with ``model``'s parameters replaced by ``parameters`` (the others kept)
+    for its whole run, through ``torch.func.functional_call``; restored on exit, also on error.
+
+    The whole run, backward included: a backward can run the model's modules again (non-reentrant
+    activation checkpointing recomputes its blocks then) and must see the forward's parameters.
+    """
+    return functional_call(_Holder(model), {f"model.{n}": t for n, t in parameters.items()}, (function,))
+
+
+def for_each_step(
     model: nn.Module,
     image: Tensor,
     targets: Tensor,
+    compute: Callable[[Tensor, Tensor, Parameters], R],
+    *,
     lr: float,
     task: str,
     names: Sequence[str],
     output_to_logits: OutputToLogits | None = None,
-) -> Iterator[Parameters]:
-    """Yield θ' for each target of one image, sharing that image's forward pass.
+) -> list[R]:
+    """``compute(image, target_t, θ'_t)`` for each target t of one image, sharing its forward pass.
 
-    image (1, C, H, W), targets (T,). Gradients are taken w.r.t. detached aliases of the
-    parameters (no copy, original ``requires_grad`` untouched); parameters not in ``names``
-    or not reached by the loss keep their value. Memory: the image's graph plus, at a time,
-    one gradient and one θ' (about 2 extra copies of the stepped parameters).
+    image (1, C, H, W), targets (T,), target_t (1, 1). Gradients are taken w.r.t. detached
+    aliases of the parameters (no copy, original ``requires_grad`` untouched), the forward and
+    every gradient inside one :func:`at_parameters` with those aliases; ``compute`` runs nested
+    in it (it can reparametrise the model again). Parameters not in ``names`` or not reached by
+    the loss keep their value. Memory: the image's graph plus, at a time, one gradient and one
+    θ' (at most 2 extra copies of the stepped parameters).
     """
     params = dict(model.named_parameters())
     leaves = {n: params[n].detach().requires_grad_(True) for n in names}
-    output = functional_call(model, leaves, (image,))
-    if output_to_logits is not None:
-        output = output_to_logits(output)
-    logits = check_logits(output, 1)
-    check_targets_range(targets, logits.shape[1])
-    for t, target in enumerate(targets):
-        loss = class_loss(logits[0], target, task)
-        grads = torch.autograd.grad(
-            loss, list(leaves.values()), retain_graph=t < len(targets) - 1, allow_unused=True
-        )
-        stepped = [n for n, g in zip(leaves, grads) if g is not None]
-        moved = torch._foreach_add(  # θ − lr·g in one fused pass over all tensors
-            [leaves[n].detach() for n in stepped], [g for g in grads if g is not None], alpha=-lr
-        )
-        theta = {n: leaves[n].detach() for n in leaves}
-        theta.update(zip(stepped, moved))
-        yield theta
+
+    def forward_and_steps() -> list[R]:
+        output = model(image)
+        if output_to_logits is not None:
+            output = output_to_logits(output)
+        logits = check_logits(output, 1)
+        check_targets_range(targets, logits.shape[1])
+        results = []
+        for t, target in enumerate(targets):
+            loss = class_loss(logits[0], target, task)
+            grads = torch.autograd.grad(
+                loss, list(leaves.values()), retain_graph=t < len(targets) - 1, allow_unused=True
+            )
+            stepped = [n for n, g in zip(leaves, grads) if g is not None]
+            moved = torch._foreach_add(  # θ − lr·g in one fused pass over all tensors
+                [leaves[n].detach() for n in stepped], [g for g in grads if g is not None], alpha=-lr
+            )
+            del grads  # before compute
+            theta = {n: leaves[n].detach() for n in leaves}
+            theta.update(zip(stepped, moved))
+            results.append(compute(image, target.view(1, 1), theta))
+            del theta  # before the next gradient
+        return results
+
+    return at_parameters(model, leaves, forward_and_steps)
 
 
 def meta_per_target(
@@ -110,16 +146,18 @@ def meta_per_target(
     ``image`` is (1, C, H, W), ``target`` (1, 1). Yields (b, result) in (b, t) order. Runs one
     (image, target) at a time: a forward of the image at θ gives all its targets' θ'
     (shared); a class repeated in an image's targets (e.g. the label class is also the
-    max-predicted class) is computed once. Eval mode, gradients enabled, inference mode off.
+    max-predicted class) is computed once. Eval mode, gradients enabled, inference mode off,
+    reentrant checkpoints run directly (:mod:`saliency_monitor.engine.checkpointing`).
     """
-    with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+    with torch.inference_mode(False), torch.enable_grad(), eval_mode(model), checkpoints_run_directly():
         images, targets = images.detach().clone(), targets.clone()
         for b in range(images.shape[0]):
             image = images[b : b + 1]
             classes = list(dict.fromkeys(targets[b].tolist()))
             unique = torch.tensor(classes, dtype=targets.dtype, device=targets.device)
-            steps = stepped_parameters(model, image, unique, lr, task, names, output_to_logits)
-            done = {c: compute(image, unique[i].view(1, 1), theta) for i, (c, theta) in enumerate(zip(classes, steps))}
+            results = for_each_step(model, image, unique, compute, lr=lr, task=task, names=names,
+                                    output_to_logits=output_to_logits)
+            done = dict(zip(classes, results))
             for c in targets[b].tolist():
                 yield b, done[c]
 
@@ -142,10 +180,10 @@ def meta_capture(
     Yields (b, capture with B = T = 1) in (b, t) order."""
 
     def at_theta(image: Tensor, target: Tensor, theta: Parameters) -> Captured:
-        return capture(
-            model, image, target, layers, keep_inputs=keep_inputs, forward=partial(functional_call, model, theta),
-            output_to_logits=output_to_logits, smooth=smooth,
-        )
+        return at_parameters(model, theta, partial(
+            capture, model, image, target, layers, keep_inputs=keep_inputs, output_to_logits=output_to_logits,
+            smooth=smooth,
+        ))
 
     return meta_per_target(model, images, targets, at_theta, lr=lr, task=task, names=names,
                            output_to_logits=output_to_logits)

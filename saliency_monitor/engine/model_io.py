@@ -2,10 +2,17 @@
 
 Every engine entry point reads its inputs through these functions, so a bad tensor gets the
 same message wherever it is passed.
+
+- Images are floating point or integer (e.g. uint8 for a model that converts inside
+  ``forward``); integer images are passed to the model as they are and cannot be
+  differentiated, so only hidden layers have maps for them.
+- A single-logit binary classifier ((B, 1) or (B,) logits trained with binary cross-entropy)
+  becomes a two-class one through :func:`two_class_logits`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -29,15 +36,15 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def check_images(images: object) -> Tensor:
-    """A floating-point (B, C, H, W) tensor."""
+    """A (B, C, H, W) tensor of floating-point or integer (not bool) values."""
     if not isinstance(images, Tensor):
         raise TypeError(f"Expected `images` to be a torch.Tensor, but got {type(images).__name__}.")
     if images.ndim != 4:
         raise ValueError(
             f"Expected `images` to be a 4-D (B, C, H, W) tensor, but got shape {tuple(images.shape)}."
         )
-    if not images.is_floating_point():
-        raise TypeError(f"Expected `images` to be a floating-point tensor, but got {images.dtype}.")
+    if images.is_complex() or images.dtype == torch.bool:
+        raise TypeError(f"Expected `images` to be a floating-point or integer tensor, but got {images.dtype}.")
     return images
 
 
@@ -91,6 +98,8 @@ def model_logits(model: nn.Module, images: Tensor, output_to_logits: OutputToLog
     if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != images.shape[0] or logits.shape[1] < 2:
         got = f"shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
         hint = "" if output_to_logits is not None else " (pass `output_to_logits=` to pick the logits from the output)"
+        if isinstance(logits, Tensor) and logits.shape in ((images.shape[0], 1), (images.shape[0],)):
+            hint = " (a single-logit binary classifier: pass `output_to_logits=two_class_logits(...)`)"
         raise ValueError(
             f"Expected the model to map (B, C_in, H, W) images to (B, C) class logits with C >= 2, but got {got} "
             f"for B={images.shape[0]}{hint}."
@@ -104,3 +113,26 @@ def device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
     return device, dtype
+
+
+def two_class_logits(output_to_logits: OutputToLogits | None = None) -> OutputToLogits:
+    """``output_to_logits`` for a single-logit binary classifier: its logit z as two classes.
+
+    The model (after ``output_to_logits``, when given) returns (B, 1) or (B,) logits z trained
+    with binary cross-entropy; the result maps its output to the (B, 2) logits
+    ``[-z / 2, z / 2]``. Their softmax is ``[1 - sigmoid(z), sigmoid(z)]``, so the softmax
+    cross-entropy of class c is the binary cross-entropy toward label c ("multiclass" meta
+    steps are the user's loss) and the max- and min-predicted classes keep their meaning.
+    Class 1 explains z, class 0 explains -z (both scaled by 1/2): their gradient maps differ by
+    a factor -1 only, so a sign-blind aggregation gives both classes one map.
+    """
+    return functools.partial(_two_class, output_to_logits)
+
+
+def _two_class(output_to_logits: OutputToLogits | None, output: object) -> Tensor:
+    logit = output if output_to_logits is None else output_to_logits(output)
+    if not isinstance(logit, Tensor) or not (logit.ndim == 1 or (logit.ndim == 2 and logit.shape[1] == 1)):
+        got = f"shape {tuple(logit.shape)}" if isinstance(logit, Tensor) else type(logit).__name__
+        raise ValueError(f"Expected a single-logit binary classifier's (B, 1) or (B,) logits, but got {got}.")
+    half = logit.reshape(-1, 1) / 2
+    return torch.cat([-half, half], dim=1)

@@ -44,6 +44,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from .._checks import check_int
 from .capture import LayerRecorder
+from .checkpointing import checkpoints_run_directly
 from .context_saliency import context_aware_saliency
 from .layers import INPUT
 from .model_io import OutputToLogits, check_logits, check_targets_range
@@ -110,11 +111,12 @@ class RelevanceModel:
         slower on resnet50).
         """
         composite = _make_composite(self.composite, self.resnet, images)
-        with torch.inference_mode(False), torch.enable_grad(), composite.context(self.copy) as modified:
+        with (torch.inference_mode(False), torch.enable_grad(), checkpoints_run_directly(),
+              composite.context(self.copy) as modified):
             # clones: normal tensors even if the caller's were made under inference_mode
-            x = images.detach().clone().requires_grad_(True)
+            x = images.detach().clone().requires_grad_(images.is_floating_point())
             targets = targets.clone()
-            recorder = LayerRecorder(modified, layers, keep_inputs=())
+            recorder = LayerRecorder(modified, layers, keep_inputs=(), differentiable_images=x.requires_grad)
             try:
                 output = modified(x)
                 if self.output_to_logits is not None:

@@ -22,6 +22,29 @@ def check_maps(maps: object, name: str, min_dim: int = 3) -> Tensor:
     return maps.detach()
 
 
+CONSTANT_TOLERANCE = 512
+"""How far a map may vary and still count as constant, in float32 epsilons (≈ 6.1e-5) of its
+largest magnitude. A map that is constant by construction (a 1×1 map; ``gradient`` or ``bias:*``
+after a global average pool, where every location gets the same gradient) varies only by the
+rounding of its sum over K channels, which grows like √K·eps: measured ≤ 9 eps (``bias:sum`` at
+7×7 maps, K from 64 to 2048, ResNet-18/50 contiguous and channels-last). Genuine maps span ≥ 10%
+of their maximum in every net measured (≥ 1e6 eps). 512 eps keeps a margin of > 50× above the
+rounding and > 1000× below a real map."""
+
+
+def constant_maps(maps: Tensor, tolerance: float = CONSTANT_TOLERANCE) -> Tensor:
+    """(..., h, w) -> (...) bool: the map is constant up to float rounding.
+
+    max − min <= ``tolerance`` · eps · max|m|, eps that of float32 (or of the maps' dtype when
+    coarser). A 1×1 map and an all-zero map are constant; a map holding inf or NaN is not
+    (it is non-finite, not constant).
+    """
+    flat = check_maps(maps, "maps", min_dim=2).flatten(-2)
+    eps = max(torch.finfo(flat.dtype).eps, torch.finfo(torch.float32).eps)
+    span = flat.amax(dim=-1) - flat.amin(dim=-1)
+    return (span <= tolerance * eps * flat.abs().amax(dim=-1)) & flat.isfinite().all(dim=-1)
+
+
 def minmax_normalize(maps: Tensor) -> Tensor:
     """(m − min) / (max − min) over the last two dims of (..., h, w); a constant map -> 0 (a map
     holding NaN stays NaN)."""

@@ -10,9 +10,10 @@ fit start (:mod:`saliency_monitor.monitor.fit_start`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from torch import Tensor
 
@@ -71,7 +72,8 @@ class MonitorConfig:
             ``sum``/``product``).
         pointing_tolerance: pointing game radius in pixels (15 in the paper).
         probe_batch_size: probes per saliency call (bounds memory).
-        seed: seeds the probe draw (and random transforms while drawing).
+        seed: seeds the probe draw (and random transforms while drawing) and the RNG streams
+            the evaluation passes run under (models that draw random numbers in eval mode).
         on_error: ``"warn"`` (a fault inside the monitor is reported once with its
             traceback, counted in ``saliency/errors``, and training goes on) or ``"raise"``.
         colormap: colour map of the pictures (``turbo``, ``viridis``, ``gray``).
@@ -100,6 +102,9 @@ class MonitorConfig:
     seed: int = 0
     on_error: str = "warn"
     colormap: str = "turbo"
+    explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    """The options the user gave (the others hold their defaults): at a resume they win over
+    the checkpoint's (see :mod:`saliency_monitor.monitor.fit_start`)."""
     saliency: SaliencyOptions = field(init=False, repr=False, compare=False)
     """The engine's options: layers (None until fit start), methods, task ("multiclass" until
     it is inferred at fit start), meta parameters, smoothing, relevance options."""
@@ -108,6 +113,10 @@ class MonitorConfig:
         def set_(name: str, value: object) -> None:
             object.__setattr__(self, name, value)
 
+        unknown = set(self.explicit) - set(OPTION_NAMES)
+        if unknown:
+            raise ValueError(f"Expected `explicit` to name options of {OPTION_NAMES}, but got {sorted(unknown)}.")
+        set_("explicit", frozenset(self.explicit))
         set_("task", check_choice(self.task, "task", TASKS, or_none=True))
         layers = None if self.layers is None else check_names(self.layers, "layers")
         saliency = saliency_options(
@@ -145,6 +154,26 @@ class MonitorConfig:
         set_("seed", check_int(self.seed, "seed", minimum=0))
         check_choice(self.on_error, "on_error", ON_ERROR)
         check_choice(self.colormap, "colormap", COLORMAPS)
+
+
+OPTION_NAMES = tuple(f.name for f in fields(MonitorConfig) if f.name not in ("explicit", "saliency"))
+"""The monitor's options, in ``SaliencyMonitor(...)``'s order."""
+
+S = TypeVar("S")
+P = ParamSpec("P")
+
+
+def records_explicit_options(init: Callable[Concatenate[S, P], None]) -> Callable[Concatenate[S, P], None]:
+    """Decorates ``SaliencyMonitor.__init__`` (keyword-only options): after it ran, the names of
+    the keyword arguments the caller passed are recorded in ``self.config.explicit``."""
+
+    def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> None:
+        init(self, *args, **kwargs)
+        config = getattr(self, "config")  # noqa: B009 - the decorated __init__ sets it
+        setattr(self, "config", replace(config, explicit=frozenset(kwargs)))  # noqa: B010
+
+    functools.update_wrapper(wrapper, init)  # the signature and docstring stay the options'
+    return wrapper
 
 
 def _check_meta_lr_option(meta_lr: object) -> float | str | None:

@@ -23,6 +23,7 @@ from ..engine.compute import map_each
 from .evaluation import DriftReference, EvaluationPlan, LabelMaps, SplitEvaluation, evaluate_probes
 from .keys import COMBINED
 from .probes import ProbeBatch
+from .rng import evaluation_seed, isolated_rng
 from .trainer import Progress
 
 if TYPE_CHECKING:
@@ -31,10 +32,11 @@ if TYPE_CHECKING:
 
 def evaluate_splits(
     trainer: pl.Trainer, module: nn.Module, splits: Sequence[str], probes: dict[str, ProbeBatch],
-    previous: dict[str, DriftReference], plan: EvaluationPlan,
+    previous: dict[str, DriftReference], plan: EvaluationPlan, seed: int,
 ) -> dict[str, SplitEvaluation]:
     """Every split's evaluation, each rank computing its shard of the probes and all of them
-    ending with the whole (one process: everything here). A fault on any rank raises on all."""
+    ending with the whole (one process: everything here). A fault on any rank raises on all.
+    Each split is evaluated under its own RNG stream seeded from ``seed`` (:mod:`.rng`)."""
     world, rank = trainer.world_size, trainer.global_rank
     shards = {split: shard(len(probes[split]), world, rank) for split in splits}
     progress = Progress(trainer, sum(len(shards[s][0]) for s in splits), trainer.global_step)
@@ -46,7 +48,8 @@ def evaluate_splits(
             mine = probes[split] if world == 1 else probes[split].select(indices)
             reference = previous.get(split)
             reference = reference if world == 1 else select_reference(reference, indices)
-            results[split] = evaluate_probes(module, mine, plan, reference, progress=progress.update)
+            with isolated_rng(evaluation_seed(seed, split)):
+                results[split] = evaluate_probes(module, mine, plan, reference, progress=progress.update)
     except Exception as caught:  # noqa: BLE001 - re-raised below, after the ranks agree
         error = caught
     finally:
@@ -126,6 +129,7 @@ def gather_evaluation(strategy: Any, local: SplitEvaluation, sizes: list[int]) -
         targets=gather(local.targets),
         prediction_difference=None if local.prediction_difference is None else gather(local.prediction_difference),
         probabilities=gather(local.probabilities),
+        constant=map_each(local.constant, lambda flags: gather(flags.to(torch.uint8)).bool()),  # gloo: no bool
     )
 
 

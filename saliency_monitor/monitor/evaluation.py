@@ -19,8 +19,10 @@ relevance_ssim             methods that refine another's maps (Salient Relevance
                            the label class's source map and refined map (Beyond Saliency)
 =========================  =============================================================
 
-ρ is Spearman's rank correlation of maps upsampled bilinearly to the image size. No
-Lightning, no logging: a model, probes and a plan in, tensors out.
+ρ is Spearman's rank correlation of maps upsampled bilinearly to the image size. A map
+constant up to float rounding has no ρ, TV or maximum: the metrics that read it are NaN, it is
+left out of its combined map, and a layer constant for every probe is *degenerate*
+(:mod:`.degenerate`). No Lightning, no logging: a model, probes and a plan in, tensors out.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from ..engine.smoothing import smoothing
 from ..engine.task import class_probabilities
 from ..metrics import (
     class_sensitivity,
-    combine_maps,
     drift,
     fixed_weights,
     map_correlation,
@@ -50,6 +51,8 @@ from ..metrics import (
     structural_similarity,
     total_variation,
 )
+from ..metrics.maps import constant_maps
+from .degenerate import Flags, combine_informative, constant_flags, degenerate_layers, left_out
 from .keys import COMBINED, MetricKey
 from .probes import ProbeBatch, label_max_min_targets, probe_chunks
 
@@ -64,6 +67,16 @@ METRICS = (
 )
 LABEL, MAX, MIN = 0, 1, 2
 """Target columns: the label class, the max- and the min-predicted class."""
+_READS: dict[str, tuple[tuple[str, int], ...]] = {
+    "class_sensitivity": (("plain", MAX), ("plain", MIN)),
+    "meta_class_sensitivity": (("meta", MAX), ("meta", MIN)),
+    "meta_correlation": (("plain", LABEL), ("meta", LABEL)),
+    "drift": (("plain", LABEL),),  # and the previous map: :func:`_drift`
+    "total_variation": (("plain", LABEL),),
+    "pointing_game": (("plain", LABEL),),
+    "relevance_ssim": (("plain", LABEL),),  # and its source's
+}
+"""The maps (plain or meta, target column) each metric reads: a constant one makes it NaN."""
 
 LabelMaps = NewType("LabelMaps", dict[str, dict[str, Tensor]])
 """``maps[method][layer]`` -> (N, h, w) float32 on the CPU: the label class only, one map per
@@ -119,7 +132,7 @@ class DriftReference:
 class SplitEvaluation:
     values: dict[MetricKey, Tensor]
     """(N,) float64 per probe for each (metric, method, layer) (keys without a split); NaN where
-    undefined."""
+    undefined, e.g. where the metric reads a constant map (:mod:`.degenerate`)."""
     maps: LabelMaps
     """Plain maps of the label class."""
     meta_maps: LabelMaps | None
@@ -133,10 +146,28 @@ class SplitEvaluation:
     large for the model overflows float32): their maps are NaN and their metrics NaN."""
     prediction_difference: Tensor | None = None
     """(N,) with ``smooth="forward"``: mean over classes of |p_smoothed − p| per probe."""
+    constant: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    """``constant[method][layer]`` (N,) bool, every layer but ``"combined"``: the probe's plain maps
+    are constant (up to float rounding) for all three targets. Per probe, so that a gather of
+    shards keeps it exact; :attr:`degenerate` derives from it."""
 
     @property
     def reference(self) -> DriftReference:
         return DriftReference(self.maps, self.targets)
+
+    @property
+    def degenerate(self) -> dict[str, dict[str, str]]:
+        """``{method: {layer: "1×1" | "constant"}}``: the layers whose plain maps are constant for
+        every probe and target. ``values`` holds their keys, all NaN (every rank of a gather has
+        the same keys); :attr:`logged_values` leaves them out."""
+        return degenerate_layers(self.constant, self.maps)
+
+    @property
+    def logged_values(self) -> dict[MetricKey, Tensor]:
+        """``values`` without the keys of degenerate layers, nor of a combined map none of whose
+        layers is left (no empty charts)."""
+        skip = left_out(self.degenerate, self.constant)
+        return {key: value for key, value in self.values.items() if (key.method, key.layer) not in skip}
 
 
 @dataclass
@@ -168,15 +199,18 @@ def evaluate_probes(
     chunks = _compute_chunks(model, probes, plan, progress)
     targets = torch.cat(chunks.targets)
     plain, plain_bad = _blank_nonfinite(_cat(chunks.plain))
-    plain = _with_combined(plain, plan, size)
+    plain_constant = constant_flags(plain)
+    plain = _with_combined(plain, plain_constant, plan, size)
     meta, meta_bad = _blank_nonfinite(_cat(chunks.meta)) if chunks.meta else (None, {})
-    meta = _with_combined(meta, plan, size) if meta is not None else None
+    meta_constant = constant_flags(meta) if meta is not None else {}
+    meta = _with_combined(meta, meta_constant, plan, size) if meta is not None else None
     masks = _label_masks(probes, targets, chunks.probabilities[0].shape[1])
     values = _per_probe_values(plain, meta, targets, masks, previous, plan, size)
-    for key in values:  # a probe whose maps overflowed has no value, whatever the metric made of them
+    constant = {"plain": plain_constant, "meta": meta_constant}
+    for key in values:  # a probe whose maps overflowed or are constant has no value, whatever the metric made of them
         method, layer = str(key.method), str(key.layer)
         bad = plain_bad[method][layer] | (meta_bad[method][layer] if key.metric.startswith("meta_") else False)
-        values[key] = torch.where(bad, math.nan, values[key].double())
+        values[key] = torch.where(bad | _reads_constant(key, constant, plan), math.nan, values[key].double())
     logged = {m.name for m in plan.methods}  # the methods computed only for a refinement's metric go
     nonfinite = {
         f"{kind}/{method}/{layer}": int(bad.sum())
@@ -193,6 +227,10 @@ def evaluate_probes(
         probabilities=torch.cat(chunks.probabilities),
         nonfinite=nonfinite,
         prediction_difference=torch.cat(chunks.differences).double() if chunks.differences else None,
+        constant={
+            method: {layer: flags.all(1) for layer, flags in per_layer.items() if layer != COMBINED}
+            for method, per_layer in plain_constant.items() if method in logged
+        },
     )
 
 
@@ -249,6 +287,16 @@ def _per_probe_values(
     return values
 
 
+def _reads_constant(key: MetricKey, constant: dict[str, Flags], plan: EvaluationPlan) -> Tensor:
+    """(N,) bool: the probes for which ``key``'s metric reads a constant map (:data:`_READS`)."""
+    method, layer = str(key.method), str(key.layer)
+    reads = [constant[kind][method][layer][:, column] for kind, column in _READS[key.metric]]
+    source = next((m.refines for m in plan.methods if m.name == method), None)
+    if key.metric == "relevance_ssim" and source is not None:
+        reads.append(constant["plain"][source][layer][:, LABEL])
+    return torch.stack(reads).any(0)
+
+
 def summarize(values: dict[MetricKey, Tensor]) -> dict[MetricKey, tuple[float, float, int]]:
     """(mean, standard error, count) over the probes of each key, NaN probes left out."""
     return {key: mean_stderr(per_probe) for key, per_probe in values.items()}
@@ -278,11 +326,13 @@ def _blank_nonfinite(maps: SaliencyMaps) -> tuple[SaliencyMaps, dict[str, dict[s
     return blanked, bad
 
 
-def _with_combined(maps: SaliencyMaps, plan: EvaluationPlan, size: tuple[int, int]) -> SaliencyMaps:
-    """Adds ``maps[method]["combined"]`` (N, T, H, W) at the image size."""
+def _with_combined(maps: SaliencyMaps, constant: Flags, plan: EvaluationPlan, size: tuple[int, int]) -> SaliencyMaps:
+    """Adds ``maps[method]["combined"]`` (N, T, H, W) at the image size, of each probe's and target's
+    non-constant layers (NaN where none is left)."""
     weights = fixed_weights(plan.combine_weights, len(plan.layers)).tolist()
+    mode = plan.combine_mode
     return {
-        method: {**per_layer, COMBINED: combine_maps(per_layer, weights, size=size, mode=plan.combine_mode)}
+        method: {**per_layer, COMBINED: combine_informative(per_layer, constant[method], weights, size, mode)}
         for method, per_layer in maps.items()
     }
 
@@ -306,5 +356,5 @@ def _drift(
     before = previous.maps.get(method, {}).get(layer)
     if before is None or before.shape != maps.shape:
         return torch.full((maps.shape[0],), math.nan, dtype=torch.float64)
-    same_class = previous.targets[:, LABEL] == targets[:, LABEL]
-    return torch.where(same_class, drift(maps, before, size).double(), math.nan)
+    comparable = (previous.targets[:, LABEL] == targets[:, LABEL]) & ~constant_maps(before)
+    return torch.where(comparable, drift(maps, before, size).double(), math.nan)

@@ -62,6 +62,11 @@ def format_key(key: MetricKey) -> str:
     return "/".join(part for part in parts if part is not None)
 
 
+def is_scalar_key(name: object) -> bool:
+    """Whether ``name`` (e.g. an ``EarlyStopping``'s ``monitor``) names one of the monitor's scalars."""
+    return isinstance(name, str) and name.startswith(f"{PREFIX}/")
+
+
 def column_name(key: MetricKey) -> str:
     """A per-probe table's column for ``key`` (its split is the table's): ``metric/method/layer``."""
     return "/".join(part for part in (key.metric, key.method, key.layer) if part is not None)

@@ -22,12 +22,14 @@ from ..engine.layers import validate_layer_names
 from ..engine.methods import MONITOR_METHODS
 from ..engine.relevance import DEFAULT_CONTEXT_SIZE
 from . import report
-from .config import MonitorConfig
+from .config import MonitorConfig, records_explicit_options
+from .degenerate import degenerate_message
 from .distributed import evaluate_splits
 from .fit_start import prepare
-from .keys import SPLITS, MetricKey
+from .keys import SPLITS, MetricKey, is_scalar_key
 from .publish import Pictures, publish
-from .state import MonitorState
+from .rng import evaluation_seed, isolated_rng
+from .state import RESUMED_OPTIONS, MonitorState
 from .trainer import WarnOnce, eager, refuse_sharded_strategy
 
 if TYPE_CHECKING:  # the hooks' signatures are checked against pytorch_lightning's Callback
@@ -45,7 +47,8 @@ class SaliencyMonitorLogic(_CallbackBase):
         trainer = Trainer(callbacks=[SaliencyMonitor()], logger=WandbLogger(project="voc"))
 
     At fit start (the baseline, e.g. the pretrained model before fine-tuning), then every
-    ``every_n_epochs`` (default 1) at train-epoch end or every ``every_n_train_steps``, it
+    ``every_n_epochs`` (default 1) after the epoch's last training step (before its
+    validation) or every ``every_n_train_steps``, it
     computes on ``num_train_probes`` training and ``num_val_probes`` validation images
     (drawn once from the dataloaders' datasets, spread across classes, without touching any
     RNG or sampler that training uses) the maps of the label class (multilabel: the true
@@ -83,12 +86,15 @@ class SaliencyMonitorLogic(_CallbackBase):
       the pictures and a text table, CSVLogger PNG files and a CSV table in its directory).
 
     Every scalar also lands in ``trainer.callback_metrics`` (usable by ModelCheckpoint or
-    EarlyStopping); with no logger it is the only output (warned once).
+    EarlyStopping, which then see the current model's values at every validation); with no
+    logger it is the only output (warned once). A layer whose maps are 1×1 or constant carries
+    no spatial information: it is left out of the metrics and the combination (warned once).
 
     The keyword arguments are the options of :class:`~saliency_monitor.monitor.config.MonitorConfig`
     (each documented there), checked when the monitor is built; ``monitor.config`` holds them.
     """
 
+    @records_explicit_options
     def __init__(
         self,
         *,
@@ -139,13 +145,17 @@ class SaliencyMonitorLogic(_CallbackBase):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Each ``fit`` starts a fresh history (new probes, baseline, drift, counters): one monitor
+        can serve several fits (k-fold, sweeps); a resume then restores the checkpoint's history."""
         refuse_sharded_strategy(trainer.strategy)
         if self.config.layers is not None:
             validate_layer_names(pl_module, self.config.layers)
+        if stage == "fit":
+            self.state, self._warn = MonitorState(), WarnOnce()
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        with eager():
+        with eager(), isolated_rng(evaluation_seed(self.config.seed, "fit start")):
             prepare(self.config, self.state, trainer, pl_module, SPLITS, self._warn)
         if self.state.evaluations == 0:  # the baseline (skipped when resuming)
             self._run(trainer, pl_module, tuple(self.state.probes))
@@ -154,29 +164,46 @@ class SaliencyMonitorLogic(_CallbackBase):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        """The step schedule; the epoch schedule at the epoch's last batch, before the epoch's
+        validation, so callbacks acting at validation end see this epoch's values."""
         every, step = self.config.every_n_train_steps, trainer.global_step
         if every and step > self.state.last_step and step % every == 0:
             self._run(trainer, pl_module, tuple(self.state.probes))
+        elif batch_idx + 1 == trainer.num_training_batches:
+            self._epoch_schedule(trainer, pl_module)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The epoch schedule when the epoch's length is not known in advance (iterable data)."""
+        self._epoch_schedule(trainer, pl_module)
+
+    def _epoch_schedule(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         every = self.config.every_n_epochs
         if every and (trainer.current_epoch + 1) % every == 0 and trainer.global_step > self.state.last_step:
             self._run(trainer, pl_module, tuple(self.state.probes))
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """A standalone ``trainer.validate()`` evaluates the val probes once."""
-        if trainer.sanity_checking or trainer.state.fn != "validate":
+        """A standalone ``trainer.validate()`` evaluates the val probes once. During a fit, when a
+        callback monitors one of the monitor's keys (``EarlyStopping``, ``ModelCheckpoint``), every
+        validation that follows new training steps gets an evaluation first, so what that callback
+        reads at validation end is the current model's value (with ``val_check_interval < 1`` too)."""
+        if trainer.sanity_checking or trainer.state.fn not in ("fit", "validate"):
             return
-        with eager():
-            prepare(self.config, self.state, trainer, pl_module, ("val",), self._warn)
-        if "val" in self.state.probes:
-            self._run(trainer, pl_module, ("val",))
+        drawn = "val" not in self.state.probes and self.config.num_val_probes > 0
+        if drawn:  # a standalone validate, or the val data Lightning loads only now (not at fit start)
+            with eager(), isolated_rng(evaluation_seed(self.config.seed, "fit start")):
+                prepare(self.config, self.state, trainer, pl_module, ("val",), self._warn)
+            drawn = "val" in self.state.probes
+        if trainer.state.fn == "validate":
+            self._run(trainer, pl_module, ("val",) if "val" in self.state.probes else ())
+        elif self.state.evaluations and _monitored(trainer):
+            fresh = trainer.global_step > self.state.last_step
+            self._run(trainer, pl_module, tuple(self.state.probes) if fresh else ("val",) if drawn else ())
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return self.state.state_dict(self.config.seed)
+        return self.state.state_dict({name: getattr(self.config, name) for name in RESUMED_OPTIONS})
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -210,7 +237,7 @@ class SaliencyMonitorLogic(_CallbackBase):
         start = time.perf_counter()
         state, config, plan = self.state, self.config, self.state.plan
         assert plan is not None
-        results = evaluate_splits(trainer, pl_module, splits, state.probes, state.previous, plan)
+        results = evaluate_splits(trainer, pl_module, splits, state.probes, state.previous, plan, config.seed)
         for split, result in results.items():
             if result.nonfinite:
                 self._warn(trainer, "nonfinite", (
@@ -218,6 +245,8 @@ class SaliencyMonitorLogic(_CallbackBase):
                     f"(probes per map: {result.nonfinite}); their metrics are NaN. With meta maps this means the meta "
                     f"step ({plan.meta_lr}) is too large for the model now: pass a smaller `meta_lr`."
                 ))
+            if result.degenerate:
+                self._warn(trainer, "degenerate", degenerate_message(result.degenerate, split, trainer.global_step))
         scalars = report.summary_scalars(results)
         rank_zero = trainer.is_global_zero
         state.last_pictures = report.pictures(
@@ -236,3 +265,9 @@ class SaliencyMonitorLogic(_CallbackBase):
             for split, result in results.items()
         } if rank_zero else {}
         publish(trainer, scalars, state.last_pictures, tables, self._warn)
+
+
+def _monitored(trainer: pl.Trainer) -> bool:
+    """Whether a callback of the trainer monitors one of the monitor's scalars."""
+    callbacks = getattr(trainer, "callbacks", [])  # set by the Trainer, not in its type stubs
+    return any(is_scalar_key(getattr(callback, "monitor", None)) for callback in callbacks)

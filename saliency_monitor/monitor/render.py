@@ -4,7 +4,8 @@ Everything returns ``numpy.uint8`` arrays of shape (..., H, W, 3), the format W&
 (``wandb.Image``), TensorBoard (``add_image(..., dataformats="HWC")``) and Pillow take as is.
 numpy, torch and Pillow only: no matplotlib, no Lightning, no wandb.
 
-- :func:`to_uint8_images`: input images (any normalisation) -> uint8, per-image min-max.
+- :func:`to_uint8_images`: input images (any normalisation) -> uint8, per-image min-max
+  (uint8 images are pixels already: shown as they are).
 - :func:`colorize`: maps -> colours through a 256-entry table (:data:`COLORMAPS`).
 - :func:`overlay`: ``(1 - alpha) * image + alpha * heat``, rounded.
 - :func:`saliency_grid`: one row per :class:`GridRow` (image, then one overlay per map), with
@@ -60,15 +61,16 @@ _FONT_SIZE = 13
 
 
 def to_uint8_images(images: Tensor) -> np.ndarray:
-    """(N, C, H, W) float images in any normalisation -> (N, H, W, 3) uint8.
+    """(N, C, H, W) images in any normalisation -> (N, H, W, 3) uint8.
 
-    The user's normalisation (ImageNet mean/std, [0, 1], [-1, 1], ...) cannot be known here, so
-    each image is min-max stretched on its own, jointly over its shown channels (colour balance
-    is kept, absolute brightness and contrast are not); a constant image becomes mid gray (128).
+    uint8 images are pixel values: shown as they are. Otherwise (float, other integers) the
+    user's normalisation (ImageNet mean/std, [0, 1], [-1, 1], ...) cannot be known here, so each
+    image is min-max stretched on its own, jointly over its shown channels (colour balance is
+    kept, absolute brightness and contrast are not); a constant image becomes mid gray (128).
     C == 1 is shown as gray, C == 3 as RGB, C > 3 shows (and normalises) the first 3 channels
     only (e.g. RGB + depth); C == 2 is an error. NaN or inf is an error.
     """
-    return _images_to_uint8(images, "images")
+    return _images_to_uint8(images, "images", pixels=isinstance(images, Tensor) and images.dtype == torch.uint8)
 
 
 def colorize(maps: Tensor, colormap: str = "turbo") -> np.ndarray:
@@ -105,9 +107,10 @@ def overlay(images: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndar
     return _round_uint8(blend)
 
 
-def _images_to_uint8(images: object, name: str) -> np.ndarray:
-    if not (isinstance(images, Tensor) and images.is_floating_point()):
-        raise TypeError(f"Expected `{name}` to be a floating-point tensor (N, C, H, W), but got {describe(images)}.")
+def _images_to_uint8(images: object, name: str, pixels: bool = False) -> np.ndarray:
+    """``pixels``: uint8 pixel values (possibly interpolated): rounded, not stretched."""
+    if not (isinstance(images, Tensor) and _real(images)):
+        raise TypeError(f"Expected `{name}` to be a float or integer tensor (N, C, H, W), but got {describe(images)}.")
     if images.ndim != 4 or images.shape[1] == 2 or 0 in images.shape:
         raise ValueError(
             f"Expected `{name}` of shape (N, C, H, W) with C = 1 or C >= 3 and no empty dimension, but got "
@@ -115,11 +118,17 @@ def _images_to_uint8(images: object, name: str) -> np.ndarray:
         )
     x = images.detach().to("cpu", torch.float64)[:, :3]
     _check_finite(x, name, allow_nan=False)
+    if pixels:
+        return _round_uint8(x.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy())
     lo = x.amin(dim=(1,2,3), keepdim=True)
     span = x.amax(dim=(1,2,3), keepdim=True) - lo
     scaled = torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1.0), 0.5)
     rgb = scaled.expand(-1, 3, -1, -1).permute(0, 2, 3, 1)
     return _round_uint8(255.0 * rgb.numpy())
+
+
+def _real(x: Tensor) -> bool:
+    return not x.is_complex() and x.dtype != torch.bool
 
 
 def _colorize(maps: object, colormap: str, name: str) -> np.ndarray:
@@ -167,7 +176,7 @@ def _round_uint8(x: np.ndarray) -> np.ndarray:
 class GridRow:
     """One row of :func:`saliency_grid`: an image, its maps (one per column) and a label.
 
-    ``image``: (C, H, W) float, any normalisation (see :func:`to_uint8_images`);
+    ``image``: (C, H, W) float or integer, any normalisation (see :func:`to_uint8_images`);
     ``maps``: a sequence of (h, w) float tensors, any resolution; ``label``: e.g.
     ``"dog · p=0.93 · plain"``. Shapes and types are checked here; values (finite) when drawn.
     """
@@ -177,9 +186,9 @@ class GridRow:
     label: str
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.image, Tensor) and self.image.is_floating_point() and self.image.ndim == 3):
+        if not (isinstance(self.image, Tensor) and _real(self.image) and self.image.ndim == 3):
             raise TypeError(
-                f"Expected `image` to be a (C, H, W) floating-point tensor, but got {describe(self.image)}."
+                f"Expected `image` to be a (C, H, W) floating-point or integer tensor, but got {describe(self.image)}."
             )
         if isinstance(self.maps, (str, Tensor)) or not isinstance(self.maps, Sequence):
             raise TypeError(f"Expected `maps` to be a sequence of (h, w) tensors, but got {describe(self.maps)}.")
@@ -299,7 +308,7 @@ def _row_tiles(row: GridRow, i: int, tile: int, colormap: str, alpha: float) -> 
         _check_finite(m.detach(), f"rows[{i}].maps[{j}]", allow_nan=True)
     height, width = row.image.shape[1:]
     size = (tile, max(1, round(tile * width / height)))
-    image = _images_to_uint8(_resize(row.image[None], size), f"rows[{i}].image")
+    image = _images_to_uint8(_resize(row.image[None], size), f"rows[{i}].image", row.image.dtype == torch.uint8)
     heats = [
         _colorize(_resize(m[None, None], size)[:, 0], colormap, f"rows[{i}].maps[{j}]") for j, m in enumerate(row.maps)
     ]

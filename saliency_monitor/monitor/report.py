@@ -5,6 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import torch
+from torch import Tensor
+
+from ..metrics.maps import constant_maps
+from .degenerate import left_out
 from .evaluation import LABEL, MAX, METRICS, MIN, EvaluationPlan, SplitEvaluation, summarize
 from .keys import COMBINED, GAP, MetricKey, column_name
 from .probes import ProbeBatch
@@ -13,9 +18,11 @@ from .render import GridRow, saliency_grid
 
 
 def summary_scalars(results: dict[str, SplitEvaluation]) -> dict[MetricKey, float]:
-    """Per split the mean and standard error of every metric; the train − val meta-correlation gap."""
+    """Per split the mean and standard error of every metric; the train − val meta-correlation gap.
+
+    Degenerate layers (:mod:`.degenerate`) have no keys."""
     scalars: dict[MetricKey, float] = {}
-    summaries = {split: summarize(result.values) for split, result in results.items()}
+    summaries = {split: summarize(result.logged_values) for split, result in results.items()}
     for split, summary in summaries.items():
         for key, (mean, stderr, _) in summary.items():
             scalars[key.on(split)] = mean
@@ -38,30 +45,41 @@ def pictures(
     class_name: Callable[[int], str], num_images: int, colormap: str,
 ) -> Pictures:
     """Per split, one grid per method: for the first ``num_images`` probes, the image, each layer's
-    map and the combined map of the label class, a plain row and (with meta) a meta row."""
+    map and the combined map of the label class, a plain row and (with meta) a meta row.
+
+    A degenerate layer (:mod:`.degenerate`) has no column (a method with none left, no grid); a
+    probe's map that is constant up to rounding is drawn blank (NaN), not as stretched noise."""
     if num_images == 0:
         return {}
-    layers = [*plan.layers, COMBINED]
-    columns = [*short_names(plan.layers), COMBINED]
+    names = dict(zip(plan.layers, short_names(plan.layers)))
     out: Pictures = {}
     for split, result in results.items():
         shown = range(min(num_images, len(probes[split])))
+        skip = left_out(result.degenerate, result.constant)
         grids = []
         for method in plan.methods:
+            layers = [layer for layer in (*plan.layers, COMBINED) if (method.name, layer) not in skip]
+            if not layers:
+                continue
             rows = []
             for i in shown:
                 label = int(result.targets[i, LABEL])
                 caption = f"{class_name(label)} p={float(result.probabilities[i, label]):.2f}"
                 image = probes[split].images[i]
-                plain = [result.maps[method.name][layer][i] for layer in layers]
-                rows.append(GridRow(image, plain, f"{caption} · plain"))
+                rows.append(GridRow(image, _panels(result.maps[method.name], layers, i), f"{caption} · plain"))
                 if result.meta_maps is not None:
-                    meta = [result.meta_maps[method.name][layer][i] for layer in layers]
-                    rows.append(GridRow(image, meta, f"{caption} · meta"))
+                    rows.append(GridRow(image, _panels(result.meta_maps[method.name], layers, i), f"{caption} · meta"))
+            columns = [names.get(layer, layer) for layer in layers]
             grid = saliency_grid(rows, columns, colormap=colormap, title=f"{split} · {method} · label class")
             grids.append((grid, f"{split} {method}: image, layer maps, combined (plain and meta rows)"))
-        out[split] = grids
+        if grids:
+            out[split] = grids
     return out
+
+
+def _panels(maps: dict[str, Tensor], layers: list[str], i: int) -> list[Tensor]:
+    """Probe ``i``'s map at each layer; NaN (drawn blank) where it is constant up to rounding."""
+    return [torch.where(constant_maps(maps[layer][i]), math.nan, maps[layer][i]) for layer in layers]
 
 
 def probe_table(

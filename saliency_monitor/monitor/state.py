@@ -9,7 +9,10 @@ from .evaluation import DriftReference, EvaluationPlan, LabelMaps
 from .probes import ProbeBatch
 from .publish import Pictures
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""2 adds ``options`` (the options the run was configured with); version 1 is still read."""
+RESUMED_OPTIONS = ("layers", "task", "meta_lr", "num_train_probes", "num_val_probes", "seed")
+"""The options a checkpoint records: an explicit option that differs from its record wins at a resume."""
 
 
 @dataclass
@@ -36,11 +39,13 @@ class MonitorState:
             return self.class_names[index]
         return str(index)
 
-    def state_dict(self, seed: int) -> dict[str, Any]:
+    def state_dict(self, options: dict[str, Any]) -> dict[str, Any]:
+        """What a checkpoint keeps; ``options`` are the monitor's :data:`RESUMED_OPTIONS`."""
         plan = self.plan
         return {
             "version": STATE_VERSION,
-            "seed": seed,
+            "options": {name: options[name] for name in RESUMED_OPTIONS},
+            "seed": options["seed"],
             "identities": {split: list(ids) for split, ids in self.identities.items()},
             "layers": list(plan.layers) if plan else None,
             "task": plan.task if plan else None,
@@ -52,11 +57,11 @@ class MonitorState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in (1, STATE_VERSION):
             raise ValueError(
-                f"Expected a SaliencyMonitor state of version {STATE_VERSION}, but got {state.get('version')!r}."
+                f"Expected a SaliencyMonitor state of version 1 or {STATE_VERSION}, but got {state.get('version')!r}."
             )
-        self.restored = dict(state)
+        self.restored = {"options": {"seed": state["seed"]}, **state}
         self.evaluations = int(state["evaluations"])
         self.last_step = int(state["last_step"])
         self.errors = int(state["errors"])

@@ -75,8 +75,8 @@ def test_bad_arguments(resnet: nn.Module, images: torch.Tensor, kwargs: dict, er
     [
         (torch.randn(3, 32, 32), ValueError,
          "Expected `images` to be a 4-D (B, C, H, W) tensor, but got shape (3, 32, 32)."),
-        (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), TypeError,
-         "Expected `images` to be a floating-point tensor, but got torch.uint8."),
+        (torch.zeros(2, 3, 32, 32, dtype=torch.bool), TypeError,
+         "Expected `images` to be a floating-point or integer tensor, but got torch.bool."),
         ([[0.0]], TypeError, "Expected `images` to be a torch.Tensor, but got list."),
     ],
 )

@@ -27,16 +27,27 @@ from tests._fits import Classifier, multiclass_loaders
 
 
 class FailsOnRank(torch.nn.Module):
-    """Identity, except in a saliency pass (eval mode, autograd on) on one rank."""
+    """Identity, except in a saliency pass (eval mode, autograd on) on one rank once armed."""
 
-    def __init__(self, rank: int) -> None:
+    def __init__(self, rank: int, armed: bool) -> None:
         super().__init__()
         self.rank = rank
+        self.armed = armed
 
     def forward(self, x):
-        if not self.training and torch.is_grad_enabled() and int(os.environ.get("LOCAL_RANK", 0)) == self.rank:
+        rank = int(os.environ.get("LOCAL_RANK", 0))
+        if self.armed and not self.training and torch.is_grad_enabled() and rank == self.rank:
             raise RuntimeError(f"injected fault on rank {self.rank}")
         return x
+
+
+class Arm(pl.Callback):
+    """Arms the fault after the monitor's fit start (its check and baseline pass)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for module in pl_module.modules():
+            if isinstance(module, FailsOnRank):
+                module.armed = True
 
 
 def main() -> None:
@@ -44,18 +55,19 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("devices", type=int)
     parser.add_argument("--fault-rank", type=int, default=None)
+    parser.add_argument("--fault-at-fit-start", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     pl.seed_everything(0, verbose=False)
     model = Classifier()
     if args.fault_rank is not None:
-        model.net.stage2.append(FailsOnRank(args.fault_rank))
+        model.net.stage2.append(FailsOnRank(args.fault_rank, armed=args.fault_at_fit_start))
     monitor = SaliencyMonitor(num_train_probes=5, num_val_probes=3, meta_lr=0.05, num_logged_images=1)
     logger = CSVLogger(args.out, name="run", version=0)
     trainer = pl.Trainer(
         max_epochs=2, accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto",
-        logger=logger, callbacks=[monitor], enable_checkpointing=False, enable_progress_bar=False,
+        logger=logger, callbacks=[monitor, Arm()], enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
     )
     train, val = multiclass_loaders()

@@ -131,11 +131,11 @@ def test_resume_continues_the_same_probes_and_history(tmp_path) -> None:
     assert saved["evaluations"] == 2 and saved["meta_lr"] == 0.05
 
     spy = SpyLogger()
-    second = SaliencyMonitor(num_train_probes=4, num_val_probes=4, meta_lr="optimizer", seed=0)
+    second = SaliencyMonitor(num_train_probes=4, num_val_probes=4, meta_lr="optimizer")  # seed not given
     trainer(tmp_path, [second], max_epochs=2, logger=spy).fit(
         Classifier(), train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     state = second.state_dict()
-    assert state["identities"] == saved["identities"]  # the seed of the first run, not the new one
+    assert state["identities"] == saved["identities"]  # the checkpoint's seed (3), not the default
     assert state["evaluations"] == 3
     records = spy.saliency()
     assert [step for step, _ in records] == [6]  # no second baseline
@@ -320,12 +320,23 @@ def test_lightning_pytorch_namespace(tmp_path) -> None:
 
 
 class Explodes(torch.nn.Module):
-    """Identity, except in eval mode with autograd on: what only a saliency pass does."""
+    """Identity, except in eval mode with autograd on (what only a saliency pass does) once armed."""
+
+    armed = False
 
     def forward(self, x):
-        if not self.training and torch.is_grad_enabled():
+        if self.armed and not self.training and torch.is_grad_enabled():
             raise RuntimeError("injected fault")
         return x
+
+
+class Arm(pl.Callback):
+    """Arms the faults after the monitor's fit start (its check and baseline): faults during training."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for module in pl_module.modules():
+            if isinstance(module, Explodes):
+                module.armed = True
 
 
 def test_on_error_warn_keeps_training_and_counts_faults(tmp_path) -> None:
@@ -335,16 +346,21 @@ def test_on_error_warn_keeps_training_and_counts_faults(tmp_path) -> None:
     monitor = SaliencyMonitor(num_train_probes=2, num_val_probes=2, meta_lr=None, layers=["net.stem"])
     train, val = multiclass_loaders()
     with pytest.warns(SaliencyMonitorWarning, match="(?s)failed and was skipped.*RuntimeError: injected fault"):
-        fit = trainer(tmp_path, [monitor], logger=spy)
+        fit = trainer(tmp_path, [monitor, Arm()], logger=spy)
         fit.fit(model, train, val)
     assert fit.global_step == 6  # training went on
     errors = [metrics["saliency/errors"] for _, metrics in spy.saliency()]
-    assert errors == [1.0, 2.0, 3.0]
+    assert errors == [0.0, 1.0, 2.0]
     assert all(not m._forward_hooks for m in model.modules()) and model.training
 
+    model.net.stage2[-1].armed = False
     raising = SaliencyMonitor(num_train_probes=2, num_val_probes=2, meta_lr=None, layers=["net.stem"], on_error="raise")
     with pytest.raises(RuntimeError, match="injected fault"):
-        trainer(tmp_path, [raising]).fit(model, train, val)
+        trainer(tmp_path, [raising, Arm()], logger=SpyLogger()).fit(model, train, val)
+    model.net.stage2[-1].armed = True  # a fault from fit start on: a configuration fault, whatever on_error says
+    with pytest.raises(ValueError, match=r"(?s)RuntimeError: injected fault.*configuration fault"):
+        monitor = SaliencyMonitor(num_train_probes=2, num_val_probes=2, meta_lr=None, layers=["net.stem"])
+        trainer(tmp_path, [monitor], logger=SpyLogger()).fit(model, train, val)
 
 
 def test_default_meta_step_is_calibrated_once_and_logged(tmp_path) -> None:

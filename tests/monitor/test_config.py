@@ -12,15 +12,25 @@ import pytest
 from saliency_monitor import MonitorConfig, SaliencyMonitor
 from saliency_monitor.engine import get_method
 from saliency_monitor.lightning import SaliencyMonitor as LightningMonitor
+from saliency_monitor.monitor.config import OPTION_NAMES
 
 
 def test_the_callback_takes_exactly_the_config_options_with_the_same_defaults() -> None:
-    fields = {f.name: f.default for f in dataclasses.fields(MonitorConfig) if f.init}
+    fields = {f.name: f.default for f in dataclasses.fields(MonitorConfig) if f.name in OPTION_NAMES}
+    assert set(OPTION_NAMES) | {"explicit"} == {f.name for f in dataclasses.fields(MonitorConfig) if f.init}
     for monitor in (SaliencyMonitor, LightningMonitor):
         parameters = inspect.signature(monitor.__init__).parameters
         options = {name: p.default for name, p in parameters.items() if name != "self"}
-        assert options == fields
+        assert options == fields and list(options) == list(OPTION_NAMES)
         assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for name, p in parameters.items() if name != "self")
+
+
+def test_the_options_given_are_recorded_as_explicit() -> None:
+    assert SaliencyMonitor().config.explicit == frozenset()
+    monitor = SaliencyMonitor(meta_lr=0.05, seed=0)
+    assert monitor.config.explicit == {"meta_lr", "seed"} and monitor.config.meta_lr == 0.05
+    with pytest.raises(ValueError, match=r"Expected `explicit` to name options of .*, but got \['lr'\]"):
+        MonitorConfig(explicit=frozenset({"lr"}))
 
 
 def test_defaults_are_normalised() -> None:

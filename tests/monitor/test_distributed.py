@@ -54,4 +54,13 @@ def test_ddp_gives_the_single_process_values(tmp_path) -> None:
 def test_a_fault_on_one_rank_is_counted_and_no_rank_hangs(tmp_path) -> None:
     result = run_fit(tmp_path / "fault", 2, "--fault-rank", "1")
     assert result["global_step"] == 4  # training finished on both ranks
-    assert [row["saliency/errors"] for row in result["evaluations"]] == [1.0, 2.0, 3.0]
+    assert [row["saliency/errors"] for row in result["evaluations"]] == [0.0, 1.0, 2.0]
+
+
+@pytest.mark.slow
+def test_a_fault_at_fit_start_on_one_rank_stops_every_rank(tmp_path) -> None:
+    process = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "2", "--fault-rank", "1",
+                              "--fault-at-fit-start"], capture_output=True, text=True, timeout=300)
+    assert process.returncode != 0
+    assert "[rank1]: RuntimeError: injected fault on rank 1" in process.stderr  # rank 1 raises its own fault,
+    assert "[rank0]: RuntimeError: the saliency evaluation failed on rank(s) [1]" in process.stderr  # rank 0 says so

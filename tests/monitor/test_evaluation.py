@@ -523,9 +523,12 @@ def test_output_that_is_not_logits_raises(
     output: Callable[[Tensor], object], got: str, multiclass_probes: ProbeBatch
 ) -> None:
     model = Wrapped(make_model(), output)
+    hint = "pass `output_to_logits=` to pick the logits from the output"
+    if got in ("shape (5, 1)", "shape (5,)"):
+        hint = "a single-logit binary classifier: pass `output_to_logits=two_class_logits(...)`"
     message = (
         "Expected the model to map (B, C_in, H, W) images to (B, C) class logits with C >= 2, but got "
-        f"{got} for B=5 (pass `output_to_logits=` to pick the logits from the output)."
+        f"{got} for B=5 ({hint})."
     )
     with pytest.raises(ValueError, match=re.escape(message)):
         evaluate_probes(model, multiclass_probes, settings_for("multiclass"))

@@ -309,12 +309,12 @@ def test_probe_batch_passes_through() -> None:
 
 
 IMAGES_HINT = (
-    "Convert images to float tensors in the dataset's transform (e.g. torchvision.transforms.ToTensor()), or pass "
+    "Convert images to tensors in the dataset's transform (e.g. torchvision.transforms.ToTensor()), or pass "
     "`batch_to_probe=` to SaliencyMonitor."
 )
 IMAGES_EXPECTED = (
-    "Expected `images` to be a floating-point tensor (B, C, H, W) with B >= 1, or a list of (C, H, W) "
-    "floating-point tensors, but got"
+    "Expected `images` to be a floating-point or integer tensor (B, C, H, W) with B >= 1, or a list of (C, H, W) "
+    "such tensors, but got"
 )
 LABELS_EXPECTED = (
     "Expected `labels` to be class indices (an integer tensor (B,) or a list of ints), multi-hot labels (B, C), or a "
@@ -341,19 +341,21 @@ BATCH_EXPECTED = (
          f"['image', 'x', 'y']. Otherwise {BATCH_TO_PROBE}."),
         (([Image.new("RGB", (4, 4))], [0]), TypeError,
          f"{IMAGES_EXPECTED} a list of 1 items (PIL.Image.Image). {IMAGES_HINT}"),
-        ((torch.zeros(2, 3, 4, 4, dtype=torch.uint8), [0, 1]), TypeError,
-         f"{IMAGES_EXPECTED} a torch.uint8 tensor of shape (2, 3, 4, 4). {IMAGES_HINT}"),
+        ((torch.zeros(2, 3, 4, 4, dtype=torch.bool), [0, 1]), TypeError,
+         f"{IMAGES_EXPECTED} a torch.bool tensor of shape (2, 3, 4, 4). {IMAGES_HINT}"),
         ((torch.zeros(3, 4, 4), [0]), TypeError,
          f"{IMAGES_EXPECTED} a torch.float32 tensor of shape (3, 4, 4). {IMAGES_HINT}"),
         ((torch.zeros(0, 3, 4, 4), []), TypeError,
          f"{IMAGES_EXPECTED} a torch.float32 tensor of shape (0, 3, 4, 4). {IMAGES_HINT}"),
-        (([torch.zeros(3, 4, 4), torch.zeros(3, 5, 4)], [0, 1]), ValueError,
-         "Expected the (C, H, W) images of a batch to have one shape, but got shapes [(3, 4, 4), (3, 5, 4)]. Resize "
-         "them to one size in the dataset's transform, or pass `batch_to_probe=` to SaliencyMonitor."),
-        ((images(2), torch.tensor([0.0, 1.0])), ValueError,
-         "Expected `labels` of shape (B,) to be integer class indices, but got a torch.float32 tensor of shape (2,). "
-         "Float or bool labels of shape (B,) (regression, soft or binary targets) do not say which class to explain: "
-         "pass `batch_to_probe=` to SaliencyMonitor, returning integer class indices or multi-hot (B, C) labels."),
+        (([torch.zeros(1, 4, 4), torch.zeros(3, 5, 4)], [0, 1]), ValueError,
+         "Expected all probe images to have one shape (C, H, W) and dtype, but got (1, 4, 4) torch.float32 and "
+         "(3, 5, 4) torch.float32. Give every image one number of channels and one dtype in the dataset's transform "
+         "(sizes are evened out when probes are read), or pass `batch_to_probe=` to SaliencyMonitor."),
+        ((images(2), torch.tensor([0.5, 1.0])), ValueError,
+         "Expected `labels` of shape (B,) or (B, 1) to be integer class indices or binary labels (every value 0 or "
+         "1), but got a torch.float32 tensor of shape (2,). Other float labels (regression or soft targets) do not "
+         "say which class to explain: pass `batch_to_probe=` to SaliencyMonitor, returning integer class indices or "
+         "multi-hot (B, C) labels."),
         ((images(2), torch.tensor([[0.7, 0.3], [0.0, 1.0]])), ValueError,
          "Expected `labels` of shape (B, C) to be multi-hot (every value 0 or 1), but got a torch.float32 tensor of "
          "shape (2, 2) holding 0.699999988079071. Soft labels (mixup, cutmix, label smoothing) do not say which "
@@ -500,8 +502,9 @@ def test_select_and_cat() -> None:
     with raises(ValueError, "Expected `indices` to be a sequence of ints in [0, 2), but got [2]."):
         probe.select([2])
     with raises(ValueError, "Expected all probe images to have one shape (C, H, W) and dtype, but got (3, 3, 4) "
-                "torch.float32 and (3, 4, 6) torch.float32. Resize images to one size in the dataset's transform, "
-                "or pass `batch_to_probe=` to SaliencyMonitor."):
+                "torch.float32 and (3, 4, 6) torch.float32. Give every image one number of channels and one dtype in "
+                "the dataset's transform (sizes are evened out when probes are read), or pass `batch_to_probe=` to "
+                "SaliencyMonitor."):
         ProbeBatch.cat([probe, ProbeBatch(images(1), ((0,),), "multilabel")])
     with raises(ValueError, "Expected all batches to have one task, but got 'multilabel' and 'multiclass'."):
         ProbeBatch.cat([probe, ProbeBatch(images(1, h=3, w=4), ((0,),), "multiclass")])
@@ -520,9 +523,9 @@ def test_probe_batch_validation() -> None:
         ProbeBatch(images(1), ((),), "multilabel")
     with raises(ValueError, "Expected `box_classes[0]` to be among the image's classes [0], but got [3]."):
         ProbeBatch(images(1), ((0,),), "multilabel", (torch.ones(1, 4),), (torch.tensor([3]),))
-    with raises(TypeError, "Expected `images` to be a floating-point tensor of shape (N, C, H, W), but got a "
-                "torch.int64 tensor of shape (1, 3, 2, 2)."):
-        ProbeBatch(torch.zeros(1, 3, 2, 2, dtype=torch.int64), ((0,),), "multiclass")
+    with raises(TypeError, "Expected `images` to be a floating-point or integer tensor of shape (N, C, H, W), but "
+                "got a torch.bool tensor of shape (1, 3, 2, 2)."):
+        ProbeBatch(torch.zeros(1, 3, 2, 2, dtype=torch.bool), ((0,),), "multiclass")
     with raises(ValueError, "Expected `boxes` and `box_classes` to be both None or both set (and `masks` only with "
                 "them), but got boxes=a NoneType, box_classes=a tuple of 1 items (torch.int64 tensor of shape (1,)), "
                 "masks=a NoneType."):

@@ -199,9 +199,9 @@ def test_to_uint8_images_channels_and_constant() -> None:
         (torch.zeros(3, 4, 4), ValueError,
          "Expected `images` of shape (N, C, H, W) with C = 1 or C >= 3 and no empty dimension, "
          "but got shape (3, 4, 4)."),
-        (torch.zeros(1, 3, 4, 4, dtype=torch.uint8), TypeError,
-         "Expected `images` to be a floating-point tensor (N, C, H, W), "
-         "but got a torch.uint8 tensor of shape (1, 3, 4, 4)."),
+        (torch.zeros(1, 3, 4, 4, dtype=torch.bool), TypeError,
+         "Expected `images` to be a float or integer tensor (N, C, H, W), "
+         "but got a torch.bool tensor of shape (1, 3, 4, 4)."),
         (torch.tensor([[[[0.0, float("nan"), float("inf")]]]]), ValueError,
          "Expected `images` to hold finite values, but got 2 non-finite (NaN or inf) values."),
     ],
@@ -372,7 +372,8 @@ def test_grid_wraps_long_text_and_keeps_aspect_ratio() -> None:
         (lambda: GridRow(torch.zeros(3, 4, 4), torch.zeros(2, 4, 4), "a"), TypeError,
          "Expected `maps` to be a sequence of (h, w) tensors, but got a torch.float32 tensor of shape (2, 4, 4)."),
         (lambda: GridRow(torch.zeros(4, 4), [], "a"), TypeError,
-         "Expected `image` to be a (C, H, W) floating-point tensor, but got a torch.float32 tensor of shape (4, 4)."),
+         "Expected `image` to be a (C, H, W) floating-point or integer tensor, but got a torch.float32 tensor of "
+         "shape (4, 4)."),
         (lambda: GridRow(torch.zeros(2, 4, 4), [], "a"), ValueError,
          "Expected `image` of shape (C, H, W) with C = 1 or C >= 3 and no empty dimension, but got shape (2, 4, 4)."),
         (lambda: GridRow(torch.zeros(3, 4, 4), [], None), TypeError, "Expected `label` to be a str, but got None."),

@@ -6,20 +6,25 @@
   DataLoader yields it.
 - :func:`draw_probes` / :func:`load_probes` (:mod:`.drawing`): a class-balanced probe set
   drawn deterministically from a seed, without advancing any RNG or sampler training uses.
+- :func:`one_size` (:mod:`.sizing`): probes of different sizes brought to one size
+  (:class:`Resizing` records it).
 """
 
-from .batch import ProbeBatch, label_max_min_targets, probe_chunks
+from .batch import ProbeBatch, Resizing, label_max_min_targets, probe_chunks
 from .drawing import draw_probes, load_probes
 from .parsing import IMAGE_KEYS, LABEL_KEYS, VOC_CLASSES, parse_batch
+from .sizing import one_size
 
 __all__ = [
     "IMAGE_KEYS",
     "LABEL_KEYS",
     "VOC_CLASSES",
     "ProbeBatch",
+    "Resizing",
     "draw_probes",
     "label_max_min_targets",
     "load_probes",
+    "one_size",
     "parse_batch",
     "probe_chunks",
 ]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,30 @@ from ..._checks import describe
 from ...engine.model_io import device_and_dtype
 from ...engine.task import check_task, class_probabilities
 from ...metrics import voc_boxes_to_masks
+
+
+@dataclass(frozen=True)
+class Resizing:
+    """How probes of different sizes were brought to one size (:mod:`.sizing`)."""
+
+    count: int
+    """Images resized."""
+    total: int
+    """Images in the probe set."""
+    size: tuple[int, int]
+    """The common (H, W) they were resized to."""
+    sizes: tuple[tuple[int, int], ...]
+    """Every (H, W) the images had, ascending."""
+
+    def message(self, split: str) -> str:
+        """The warning fit start issues once."""
+        sizes = ", ".join(f"{h}x{w}" for h, w in self.sizes)
+        height, width = self.size
+        return (
+            f"SaliencyMonitor: the {split} probes have different sizes ({sizes}); {self.count} of {self.total} were "
+            f"resized (bilinear, antialiased; boxes and masks with them) to the most common size {height}x{width}. "
+            "Resize images to one size in the dataset's transform to choose how."
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,7 +56,7 @@ class ProbeBatch:
     """
 
     images: Tensor
-    """(N, C_in, H, W) floating point, CPU, detached."""
+    """(N, C_in, H, W) floating point or integer (e.g. uint8, kept as given), CPU, detached."""
     classes: tuple[tuple[int, ...], ...]
     """Per image its classes, ascending and distinct, at least one (exactly one for "multiclass")."""
     task: str
@@ -44,6 +69,9 @@ class ProbeBatch:
     """Per image (K,) int64 class of each box (one of the image's ``classes``)."""
     masks: tuple[Tensor, ...] | None = None
     """Per image (K, H, W) bool instance masks, one per box (same order); ``None``: boxes only."""
+    resized: Resizing | None = field(default=None, kw_only=True)
+    """Set when images of different sizes were brought to one size as they were read
+    (:func:`~.sizing.one_size`); :meth:`select` and :meth:`cat` drop it."""
 
     def __post_init__(self) -> None:
         images = _check_probe_images(self.images)
@@ -139,11 +167,17 @@ class ProbeBatch:
 
 
 def _check_probe_images(images: object) -> Tensor:
-    if not isinstance(images, Tensor) or not images.is_floating_point() or images.ndim != 4:
+    if not is_image_tensor(images, 4):
         raise TypeError(
-            f"Expected `images` to be a floating-point tensor of shape (N, C, H, W), but got {describe(images)}."
+            f"Expected `images` to be a floating-point or integer tensor of shape (N, C, H, W), but got "
+            f"{describe(images)}."
         )
     return images.detach().cpu()
+
+
+def is_image_tensor(x: object, ndim: int) -> TypeGuard[Tensor]:
+    """An ``ndim``-D tensor of floating-point or integer (not bool or complex) values."""
+    return isinstance(x, Tensor) and x.ndim == ndim and not x.is_complex() and x.dtype != torch.bool
 
 
 def _check_probe_classes(classes: object, num: int, task: str) -> tuple[tuple[int, ...], ...]:
@@ -242,8 +276,9 @@ def _check_cat(batches: object) -> list[ProbeBatch]:
             raise ValueError(
                 "Expected all probe images to have one shape (C, H, W) and dtype, but got "
                 f"{tuple(first.images.shape[1:])} {first.images.dtype} and "
-                f"{tuple(batch.images.shape[1:])} {batch.images.dtype}. Resize images to one size in the "
-                "dataset's transform, or pass `batch_to_probe=` to SaliencyMonitor."
+                f"{tuple(batch.images.shape[1:])} {batch.images.dtype}. Give every image one number of channels "
+                "and one dtype in the dataset's transform (sizes are evened out when probes are read), or pass "
+                "`batch_to_probe=` to SaliencyMonitor."
             )
     return list(batches)
 
@@ -266,11 +301,13 @@ def _box_masks(boxes: Tensor, images: Tensor) -> Tensor:
 
 def probe_chunks(model: nn.Module, probes: ProbeBatch, batch_size: int) -> Iterator[tuple[ProbeBatch, Tensor]]:
     """Consecutive chunks of ``batch_size`` probes, each with its images on the model's device and
-    floating dtype (CPU float32 for a model without parameters)."""
+    floating dtype (CPU float32 for a model without parameters); integer images keep their dtype
+    (the model converts them itself)."""
     device, dtype = device_and_dtype(model)
     for start in range(0, len(probes), batch_size):
         chunk = probes.select(range(start, min(start + batch_size, len(probes))))
-        yield chunk, chunk.images.to(device=device, dtype=dtype)
+        images = chunk.images
+        yield chunk, images.to(device=device, dtype=dtype if images.is_floating_point() else images.dtype)
 
 
 def label_max_min_targets(logits: Tensor, probes: ProbeBatch, task: str) -> tuple[Tensor, Tensor]:

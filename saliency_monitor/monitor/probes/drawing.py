@@ -3,22 +3,28 @@
 :func:`draw_probes` draws a class-balanced probe set from a seed; :func:`load_probes` re-reads
 the same items (bitwise the same images, random transforms included). Every read runs under
 isolated global RNGs (torch CPU and initialised CUDA devices, ``random``, numpy).
+
+Probes of different sizes (a dataset whose images differ in size, e.g. PASCAL VOC before any
+resize; items are read one at a time, or a stream's batches are collated into lists) are
+brought to one size once drawn: the most common (H, W) among the drawn probes (ties: the
+largest area), every other image resized to it with bilinear, antialiased interpolation
+(integer images as float, then rounded back to their dtype), boxes scaled with it, instance
+masks resized by nearest neighbour (:mod:`.sizing`). The probe set's ``resized`` then says how
+many were resized and to what size (fit start warns once). Re-read probes get the same size.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..._checks import check_int, describe
+from ..rng import derived_seed, isolated_rng
 from .batch import ProbeBatch, int_list
-from .parsing import check_class_names, parse_batch
+from .parsing import check_class_names, parse_parts
+from .sizing import one_size
 
 
 def draw_probes(
@@ -43,7 +49,8 @@ def draw_probes(
       ``batch_size`` and ``collate_fn`` (the user's loader, its workers and its iterator are
       never touched). Identity = position in that stream.
 
-    Each batch goes through ``batch_to_probe`` (when given) and then :func:`parse_batch`.
+    Each batch goes through ``batch_to_probe`` (when given) and then
+    :func:`~.parsing.parse_batch` (images of different sizes: see the module docstring).
     Selection is a greedy round-robin over classes: repeat {for each class in ascending order,
     take the earliest unused candidate having it} until ``count`` are chosen or none is left;
     fewer candidates than ``count`` gives all of them.
@@ -79,8 +86,8 @@ def draw_probes(
     else:
         candidates = reader.stream(limit)
         identities = list(range(len(candidates)))
-    chosen = _spread(candidates.classes, count)
-    return candidates.select(chosen), [identities[k] for k in chosen]
+    chosen = _spread([candidate.classes[0] for candidate in candidates], count)
+    return one_size([candidates[k] for k in chosen]), [identities[k] for k in chosen]
 
 
 def load_probes(
@@ -104,14 +111,14 @@ def load_probes(
         bound = f"in [0, {reader.length})" if reader.map_style else ">= 0"
         raise ValueError(f"Expected `identities` to be a non-empty sequence of ints {bound}, but got {identities!r}.")
     if reader.map_style:
-        return reader.items(wanted)
+        return one_size(reader.items(wanted))
     stream = reader.stream(max(wanted) + 1)
     if len(stream) <= max(wanted):
         raise ValueError(
             f"Expected the dataset to yield at least {max(wanted) + 1} images, as when the probes were drawn, "
             f"but it yielded {len(stream)}."
         )
-    return stream.select(wanted)
+    return one_size([stream[k] for k in wanted])
 
 
 class _Reader:
@@ -148,38 +155,36 @@ class _Reader:
         if self.map_style and self.length == 0:
             raise ValueError("Expected `dataloader.dataset` to hold at least one item, but it is empty.")
 
-    def parse(self, batch: object) -> ProbeBatch:
-        return parse_batch(batch if self.batch_to_probe is None else self.batch_to_probe(batch), self.names)
+    def parse(self, batch: object) -> list[ProbeBatch]:
+        """One probe per image of the batch, each at its own size."""
+        parts = parse_parts(batch if self.batch_to_probe is None else self.batch_to_probe(batch), self.names)
+        return [part if len(part) == 1 else part.select([n]) for part in parts for n in range(len(part))]
 
-    def items(self, indices: Sequence[int]) -> ProbeBatch:
-        return ProbeBatch.cat([self.item(i) for i in indices])
+    def items(self, indices: Sequence[int]) -> list[ProbeBatch]:
+        return [self.item(i) for i in indices]
 
     def item(self, index: int) -> ProbeBatch:
-        with _isolated_rng(_derived_seed(self.seed, index)):
-            probe = self.parse(self.loader.collate_fn([self.loader.dataset[index]]))
-        if len(probe) != 1:
+        with isolated_rng(derived_seed(self.seed, index)):
+            probes = self.parse(self.loader.collate_fn([self.loader.dataset[index]]))
+        if len(probes) != 1:
             raise ValueError(
-                f"Expected dataset item {index}, collated alone, to give one image, but got {len(probe)}."
+                f"Expected dataset item {index}, collated alone, to give one image, but got {len(probes)}."
             )
-        return probe
+        return probes[0]
 
-    def stream(self, limit: int) -> ProbeBatch:
+    def stream(self, limit: int) -> list[ProbeBatch]:
         loader = DataLoader(
             self.loader.dataset, batch_size=self.loader.batch_size, collate_fn=self.loader.collate_fn, num_workers=0
         )
-        batches: list[ProbeBatch] = []
-        total = 0
-        with _isolated_rng(_derived_seed(self.seed, "stream")):
+        probes: list[ProbeBatch] = []
+        with isolated_rng(derived_seed(self.seed, "stream")):
             for batch in loader:
-                probe = self.parse(batch)
-                batches.append(probe)
-                total += len(probe)
-                if total >= limit:
+                probes += self.parse(batch)
+                if len(probes) >= limit:
                     break
-        if not batches:
+        if not probes:
             raise ValueError("Expected `dataloader.dataset` to yield at least one item, but it yielded none.")
-        stream = ProbeBatch.cat(batches)
-        return stream.select(range(min(limit, len(stream))))
+        return probes[:limit]
 
 
 def _spread(classes: Sequence[tuple[int, ...]], count: int) -> list[int]:
@@ -202,40 +207,6 @@ def _spread(classes: Sequence[tuple[int, ...]], count: int) -> list[int]:
                 used[queue[i]] = True
                 chosen.append(queue[i])
     return chosen
-
-
-# --------------------------------------------------------------------------- RNG isolation
-
-
-def _derived_seed(seed: int, key: int | str) -> int:
-    """A 63-bit seed from ``(seed, key)``: the same for draw_probes and load_probes."""
-    # the salt names 0.1's module: changing it would change every drawn probe set
-    digest = hashlib.sha256(f"saliency_monitor.probes:{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-@contextlib.contextmanager
-def _isolated_rng(seed: int) -> Iterator[None]:
-    """Seed torch (CPU, initialised CUDA devices), ``random`` and numpy; restore them on exit.
-
-    Only the CPU generator and initialised CUDA devices' generators are seeded, never through
-    ``torch.manual_seed``: with CUDA not yet initialised that would queue a seed that CUDA
-    applies later, outside this block.
-    """
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    python_state = random.getstate()
-    numpy_state = np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            torch.default_generator.manual_seed(seed)
-            for device in cuda:
-                torch.cuda.default_generators[device].manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
 
 
 def _check_seed(seed: object) -> int:

@@ -5,14 +5,15 @@ raw ``torchvision.datasets.VOCDetection`` annotations)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeGuard, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..._checks import describe
-from .batch import ProbeBatch, int_list
+from .batch import ProbeBatch, int_list, is_image_tensor
+from .sizing import one_size, scale_voc_boxes
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -41,15 +42,19 @@ def parse_batch(batch: object, class_names: Sequence[str] | None = None) -> Prob
       "targets", "y"); its other keys are ignored;
     - a :class:`ProbeBatch`, returned unchanged (so ``batch_to_probe`` may build one).
 
-    ``images``: a (B, C, H, W) floating tensor, or a list / tuple of (C, H, W) floating
-    tensors of one size (``collate_fn=lambda b: tuple(zip(*b))``), which are stacked. They
-    are copied to the CPU and detached.
+    ``images``: a (B, C, H, W) tensor, or a list / tuple of (C, H, W) tensors
+    (``collate_fn=lambda b: tuple(zip(*b))``), which are stacked; floating point, or integer
+    (e.g. uint8, for a model that converts inside ``forward``: kept as they are). They are
+    copied to the CPU and detached. Images of a list that differ in size are brought to one
+    size (:mod:`.sizing`; the result's ``resized`` says so).
 
     ``labels``:
 
-    - class indices, an integer tensor (B,) or a list of ints -> "multiclass";
-    - multi-hot (B, C) labels, every value 0 or 1 (any dtype), at least one 1 per row ->
-      "multilabel" (a list of (C,) tensors is stacked first);
+    - class indices, an integer tensor (B,) or (B, 1) or a list of ints -> "multiclass";
+    - binary labels (a single-logit classifier trained with BCE): a float or bool tensor (B,) or
+      (B, 1), every value 0 or 1 -> class indices 0 / 1, "multiclass";
+    - multi-hot (B, C) labels with C >= 2, every value 0 or 1 (any dtype), at least one 1 per
+      row -> "multilabel" (a list of (C,) tensors is stacked first);
     - a list of B target dicts -> "multilabel" with regions, either
         * torchvision detection style ``{"labels": (K,) int, "boxes": (K, 4), "masks":
           (K, H, W)}`` ("boxes" and "masks" optional, "masks" only with "boxes"; other keys
@@ -77,19 +82,25 @@ def parse_batch(batch: object, class_names: Sequence[str] | None = None) -> Prob
         TypeError / ValueError: for anything else, saying what was given; pass
             ``batch_to_probe=`` to SaliencyMonitor to read other formats.
     """
+    return one_size(parse_parts(batch, class_names))
+
+
+def parse_parts(batch: object, class_names: Sequence[str] | None = None) -> list[ProbeBatch]:
+    """:func:`parse_batch` before images of different sizes are brought to one size: the batch's
+    probes, in order, as :class:`ProbeBatch` parts of one size each (one part per image when
+    sizes differ or the labels are target dicts)."""
     names = check_class_names(class_names)
     if isinstance(batch, ProbeBatch):
-        return batch
+        return [batch]
     images, labels = _split_batch(batch)
-    images = _parse_images(images)
-    probe = _parse_labels(labels, images, VOC_CLASSES if names is None else names)
+    parts = _parse_labels(labels, _parse_images(images), VOC_CLASSES if names is None else names)
     if names is not None:
-        largest = max(c[-1] for c in probe.classes)
+        largest = max(c[-1] for part in parts for c in part.classes)
         if largest >= len(names):
             raise ValueError(
                 f"Expected class indices < len(class_names)={len(names)}, but got class {largest}."
             )
-    return probe
+    return parts
 
 
 def check_class_names(class_names: object) -> tuple[str, ...] | None:
@@ -122,34 +133,27 @@ def _split_batch(batch: object) -> tuple[object, object]:
     )
 
 
-def _parse_images(images: object) -> Tensor:
-    if isinstance(images, (list, tuple)) and images and all(_is_float_tensor(x, 3) for x in images):
-        shapes = sorted({tuple(x.shape) for x in images})
-        if len(shapes) > 1:
-            raise ValueError(
-                f"Expected the (C, H, W) images of a batch to have one shape, but got shapes {shapes}. Resize them "
-                "to one size in the dataset's transform, or pass `batch_to_probe=` to SaliencyMonitor."
-            )
+def _parse_images(images: object) -> list[Tensor]:
+    """[(B, C, H, W)] for images of one shape, else one (1, C, H, W) tensor per image; CPU copies."""
+    if isinstance(images, (list, tuple)) and images and all(is_image_tensor(x, 3) for x in images):
+        if len({(tuple(x.shape), x.dtype) for x in images}) > 1:
+            return [x.detach().to("cpu", copy=True)[None] for x in images]
         images = torch.stack([x.detach().cpu() for x in images])
-    if not _is_float_tensor(images, 4) or images.shape[0] == 0:
+    if not is_image_tensor(images, 4) or images.shape[0] == 0:
         raise TypeError(
-            "Expected `images` to be a floating-point tensor (B, C, H, W) with B >= 1, or a list of (C, H, W) "
-            f"floating-point tensors, but got {describe(images)}. Convert images to float tensors in the "
-            "dataset's transform (e.g. torchvision.transforms.ToTensor()), or pass `batch_to_probe=` to "
-            "SaliencyMonitor."
+            "Expected `images` to be a floating-point or integer tensor (B, C, H, W) with B >= 1, or a list of "
+            f"(C, H, W) such tensors, but got {describe(images)}. Convert images to tensors in the dataset's "
+            "transform (e.g. torchvision.transforms.ToTensor()), or pass `batch_to_probe=` to SaliencyMonitor."
         )
-    return images.detach().to("cpu", copy=True)
+    return [images.detach().to("cpu", copy=True)]
 
 
-def _is_float_tensor(x: object, ndim: int) -> TypeGuard[Tensor]:
-    return isinstance(x, Tensor) and x.is_floating_point() and x.ndim == ndim
-
-
-def _parse_labels(labels: object, images: Tensor, names: tuple[str, ...]) -> ProbeBatch:
-    num = images.shape[0]
+def _parse_labels(labels: object, parts: list[Tensor], names: tuple[str, ...]) -> list[ProbeBatch]:
+    num = sum(part.shape[0] for part in parts)
     if isinstance(labels, (list, tuple)) and labels and all(isinstance(t, Mapping) for t in labels):
         _check_count(len(labels), num)
-        return ProbeBatch.cat([_parse_target(t, images[i : i + 1], i, names) for i, t in enumerate(labels)])
+        images = [image[None] for part in parts for image in part]
+        return [_parse_target(t, images[i], i, names) for i, t in enumerate(labels)]
     tensor = _labels_tensor(labels)
     if tensor is None:
         raise TypeError(
@@ -160,9 +164,15 @@ def _parse_labels(labels: object, images: Tensor, names: tuple[str, ...]) -> Pro
     if tensor.ndim not in (1, 2):
         raise ValueError(f"Expected `labels` of shape (B,) or (B, C), but got shape {tuple(tensor.shape)}.")
     _check_count(tensor.shape[0], num)
-    if tensor.ndim == 1:
-        return ProbeBatch(images, _index_classes(tensor), "multiclass")
-    return ProbeBatch(images, _multi_hot_classes(tensor), "multilabel")
+    if tensor.ndim == 2 and tensor.shape[1] == 1:  # one column: class indices or binary labels
+        tensor = tensor[:, 0]
+    task = "multiclass" if tensor.ndim == 1 else "multilabel"
+    classes = _index_classes(tensor) if tensor.ndim == 1 else _multi_hot_classes(tensor)
+    out, start = [], 0
+    for part in parts:
+        out.append(ProbeBatch(part, classes[start : start + part.shape[0]], task))
+        start += part.shape[0]
+    return out
 
 
 def _labels_tensor(labels: object) -> Tensor | None:
@@ -190,12 +200,15 @@ def _check_count(count: int, num: int) -> None:
 
 
 def _index_classes(labels: Tensor) -> tuple[tuple[int, ...], ...]:
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+    binary = not labels.is_complex() and bool(((labels == 0) | (labels == 1)).all())
+    if labels.is_complex() or ((labels.is_floating_point() or labels.dtype == torch.bool) and not binary):
         raise ValueError(
-            f"Expected `labels` of shape (B,) to be integer class indices, but got {describe(labels)}. Float or "
-            "bool labels of shape (B,) (regression, soft or binary targets) do not say which class to explain: "
-            "pass `batch_to_probe=` to SaliencyMonitor, returning integer class indices or multi-hot (B, C) labels."
+            f"Expected `labels` of shape (B,) or (B, 1) to be integer class indices or binary labels (every value 0 "
+            f"or 1), but got {describe(labels)}. Other float labels (regression or soft targets) do not say which "
+            "class to explain: pass `batch_to_probe=` to SaliencyMonitor, returning integer class indices or "
+            "multi-hot (B, C) labels."
         )
+    labels = labels.long()
     if labels.numel() and labels.min() < 0:
         raise ValueError(f"Expected `labels` to be class indices >= 0, but got {int(labels.min())}.")
     return tuple((int(c),) for c in labels.tolist())
@@ -344,11 +357,7 @@ def _parse_voc(annotation: object, image: Tensor, index: int, names: tuple[str, 
         boxes.append(_voc_box(_field(obj, "bndbox", place), (width, height), f"{place}['bndbox']"))
     _check_objects(labels, index)
     img_height, img_width = image.shape[-2:]
-    scale = torch.tensor([img_width / width, img_height / height] * 2, dtype=torch.float64)
-    voc = torch.tensor(boxes, dtype=torch.float64)
-    voc[:, :2] -= 1  # to continuous intervals [xmin - 1, xmax], scaled, and back to 1-based inclusive
-    voc = voc * scale
-    voc[:, :2] += 1
+    voc = scale_voc_boxes(torch.tensor(boxes, dtype=torch.float64), (img_height / height, img_width / width))
     return ProbeBatch(image, (tuple(labels),), "multilabel", (voc,), (torch.tensor(labels),))
 
 
