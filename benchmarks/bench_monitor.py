@@ -11,7 +11,7 @@ calibrated step). A full VOC2007 trainval epoch (5011 images) does not fit a CPU
 so the script measures, in one run:
 
 - the training step (median of ``--repeat`` steps of a batch, forward + backward + SGD step);
-- one monitor evaluation (``saliency/time_s`` as the monitor logs it, median over the
+- one monitor evaluation (``saliency_run/time_s`` as the monitor logs it, median over the
   evaluations of a short fit: the baseline at fit start and one at each epoch end);
 - the one-off fit-start cost (probe draw + step calibration), from the fit's wall time;
 
@@ -109,10 +109,10 @@ class Spy(Logger):
         pass
 
     def log_metrics(self, metrics, step=None) -> None:
-        self.errors = max(self.errors, metrics.get("saliency/errors", 0.0))
-        if "saliency/time_s" in metrics:
-            self.times.append(metrics["saliency/time_s"])
-            self.meta_lr = metrics.get("saliency/meta_lr", math.nan)
+        self.errors = max(self.errors, metrics.get("saliency_run/errors", 0.0))
+        if "saliency_run/time_s" in metrics:
+            self.times.append(metrics["saliency_run/time_s"])
+            self.meta_lr = metrics.get("saliency_run/meta_lr", math.nan)
 
 
 def warm_up_batch_norm(module: pl.LightningModule, loader: DataLoader, batches: int = 2) -> None:

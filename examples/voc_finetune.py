@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from examples.voc_data import VOC_CLASSES, VOCDataModule, generate_synthetic_voc, multi_hot
 from saliency_monitor import SaliencyMonitor
+from saliency_monitor.monitor.keys import method_label
 from saliency_monitor.monitor.render import save_png
 
 NUM_CLASSES = len(VOC_CLASSES)
@@ -111,22 +112,23 @@ class Summary(pl.Callback):
 
     def __init__(self, method: str) -> None:
         """``method``: the saliency method whose combined-map metrics the table shows."""
+        label = method_label(method)  # the method's short label in the monitor's keys
         self.keys = {
             "train mAP": "train/mAP",
             "val mAP": "val/mAP",
-            "meta corr train": f"saliency/train/meta_correlation/{method}/combined",
-            "meta corr val": f"saliency/val/meta_correlation/{method}/combined",
-            "gap": f"saliency/meta_correlation_gap/{method}/combined",
-            "gap stderr": f"saliency/meta_correlation_gap_stderr/{method}/combined",
-            "class sens. val": f"saliency/val/class_sensitivity/{method}/combined",
-            "pointing val": f"saliency/val/pointing_game/{method}/combined",
+            "meta corr train": f"Saliency/meta_train_{label}",
+            "meta corr val": f"Saliency/meta_val_{label}",
+            "gap": f"Saliency/gap_{label}",
+            "gap stderr": f"stderr/Saliency_gap_{label}",
+            "class sens. val": f"Saliency/sensitivity_{label}",
+            "pointing val": f"layer_val/pg_{label}_all",
         }
         self.rows: list[dict[str, float]] = []
         self._last: object = None
 
     def _record(self, trainer: pl.Trainer, epoch: str) -> None:
         metrics = trainer.callback_metrics
-        stamp = metrics.get("saliency/time_s")
+        stamp = metrics.get("saliency_run/time_s")
         if stamp is None or stamp is self._last:  # the monitor did not evaluate at this point
             return
         self._last = stamp
@@ -227,6 +229,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     logging.add_argument("--wandb-dir", type=Path, default=Path("wandb-runs"))
     logging.add_argument("--picture", type=Path, default=Path("voc_saliency.png"),
                          help="where to save the last evaluation's val picture (first method)")
+    logging.add_argument("--filmstrip", type=Path, default=Path("voc_filmstrip.png"),
+                         help="where to save the val filmstrip (each logged probe's combined map per evaluation)")
     args = parser.parse_args(argv)
     real = args.voc_root is not None
     args.arch = args.arch or ("resnet50" if real else "resnet18")
@@ -304,6 +308,10 @@ def main(argv: list[str] | None = None) -> Result:
     if pictures:
         save_png(pictures[0][0], args.picture)
         print(f"\nLast saliency picture ({pictures[0][1]}): {args.picture}")
+    filmstrip = monitor.last_filmstrips.get("val")
+    if filmstrip is not None:
+        save_png(filmstrip, args.filmstrip)
+        print(f"Saliency evolution (val filmstrip, {args.methods[0]}, combined map): {args.filmstrip}")
     print(f"\nW&B run ({mode}): {run_dir}")
     print(f"  view offline:  wandb leet {run_dir}")
     if mode == "offline":

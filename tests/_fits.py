@@ -147,9 +147,18 @@ class SpyLogger(Logger):
         self.records.append((step, dict(metrics)))
 
     def saliency(self) -> list[tuple[int | None, dict[str, float]]]:
-        """The records holding saliency keys."""
-        return [(s, {k: v for k, v in m.items() if k.startswith("saliency/")}) for s, m in self.records
-                if any(k.startswith("saliency/") for k in m)]
+        """The records holding saliency keys (those keys only)."""
+        return [(s, {k: v for k, v in m.items() if is_saliency_key(k)}) for s, m in self.records
+                if any(is_saliency_key(k) for k in m)]
+
+
+SALIENCY_SECTIONS = ("Saliency/", "layer_train/", "layer_val/", "layer_gap/", "stderr/", "saliency_run/")
+"""The sections of the monitor's scalar keys (written out here, not taken from the monitor)."""
+
+
+def is_saliency_key(key: str) -> bool:
+    """Whether ``key`` is one of the monitor's scalars (not a picture or a table)."""
+    return key.startswith(SALIENCY_SECTIONS)
 
 
 def trainer(tmp_path: Any, callbacks: list, logger: Any = None, **kwargs: Any) -> pl.Trainer:

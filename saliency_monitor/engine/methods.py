@@ -61,6 +61,10 @@ class Method:
     """Gradient methods: (B, T, h, w) float32 map from one layer's capture."""
     refine: Callable[[Tensor, int], Tensor] | None = field(default=None, compare=False, repr=False)
     """Refining methods: (maps of ``refines``, ``context_size``) -> maps."""
+    label: str = field(default="", compare=False)
+    """A short label (letters, digits, ``_``) for places with little room, such as logged
+    keys: ``NGsel`` for norm_grad_selective; a grid cell abbreviates its extract and
+    aggregation (``conv3x3_depthwise:filter_norm`` -> ``dw3_fnorm``)."""
 
     @property
     def needs_conv_layer(self) -> bool:
@@ -81,20 +85,26 @@ class Method:
         return self.name
 
 
-def _cell(extract: str, aggregation: str, name: str | None = None) -> Method:
+_EXTRACT_LABELS = {"bias": "b", "scaling": "s", "conv1x1": "c1", "conv3x3": "c3", "conv3x3_depthwise": "dw3",
+                   "conv": "cv"}
+_AGGREGATION_LABELS = {"sum": "sum", "max": "max", "maxabs": "mabs", "norm": "norm", "filter_norm": "fnorm"}
+
+
+def _cell(extract: str, aggregation: str, name: str | None = None, label: str | None = None) -> Method:
     return Method(name or f"{extract}:{aggregation}", GRADIENT, extract, aggregation,
-                  from_capture=functools.partial(cell_map, extract, aggregation))
+                  from_capture=functools.partial(cell_map, extract, aggregation),
+                  label=label or f"{_EXTRACT_LABELS[extract]}_{_AGGREGATION_LABELS[aggregation]}")
 
 
 _NAMED = (
-    _cell("bias", "maxabs", "gradient"),
-    _cell("scaling", "sum", "linear_approx"),
-    Method("grad_cam", GRADIENT, from_capture=grad_cam_map),
-    _cell("conv1x1", "norm", "norm_grad"),
-    _cell("scaling", "filter_norm", "norm_grad_selective"),
-    _cell("conv", "norm", "norm_grad_conv"),
-    Method("lrp", RELEVANCE),
-    Method("salient_relevance", RELEVANCE, refines="lrp", refine=salient_relevance),
+    _cell("bias", "maxabs", "gradient", "grad"),
+    _cell("scaling", "sum", "linear_approx", "lin"),
+    Method("grad_cam", GRADIENT, from_capture=grad_cam_map, label="GradCAM"),
+    _cell("conv1x1", "norm", "norm_grad", "NG"),
+    _cell("scaling", "filter_norm", "norm_grad_selective", "NGsel"),
+    _cell("conv", "norm", "norm_grad_conv", "NGconv"),
+    Method("lrp", RELEVANCE, label="LRP"),
+    Method("salient_relevance", RELEVANCE, refines="lrp", refine=salient_relevance, label="SalRel"),
 )
 METHODS: dict[str, Method] = {method.name: method for method in _NAMED}
 """The named methods; any ``"extract:aggregation"`` pair is a method too (:func:`get_method`)."""

@@ -75,7 +75,7 @@ class MonitorConfig:
         seed: seeds the probe draw (and random transforms while drawing) and the RNG streams
             the evaluation passes run under (models that draw random numbers in eval mode).
         on_error: ``"warn"`` (a fault inside the monitor is reported once with its
-            traceback, counted in ``saliency/errors``, and training goes on) or ``"raise"``.
+            traceback, counted in ``saliency_run/errors``, and training goes on) or ``"raise"``.
         colormap: colour map of the pictures (``turbo``, ``viridis``, ``gray``).
     """
 

@@ -33,10 +33,12 @@ if TYPE_CHECKING:
 def evaluate_splits(
     trainer: pl.Trainer, module: nn.Module, splits: Sequence[str], probes: dict[str, ProbeBatch],
     previous: dict[str, DriftReference], plan: EvaluationPlan, seed: int,
+    start: dict[str, DriftReference] | None = None,
 ) -> dict[str, SplitEvaluation]:
     """Every split's evaluation, each rank computing its shard of the probes and all of them
     ending with the whole (one process: everything here). A fault on any rank raises on all.
-    Each split is evaluated under its own RNG stream seeded from ``seed`` (:mod:`.rng`)."""
+    Each split is evaluated under its own RNG stream seeded from ``seed`` (:mod:`.rng`).
+    ``previous`` and ``start``: the drift and drift_from_start references, sharded likewise."""
     world, rank = trainer.world_size, trainer.global_rank
     shards = {split: shard(len(probes[split]), world, rank) for split in splits}
     progress = Progress(trainer, sum(len(shards[s][0]) for s in splits), trainer.global_step)
@@ -46,10 +48,11 @@ def evaluate_splits(
         for split in splits:
             indices, _ = shards[split]
             mine = probes[split] if world == 1 else probes[split].select(indices)
-            reference = previous.get(split)
-            reference = reference if world == 1 else select_reference(reference, indices)
+            reference, first = previous.get(split), (start or {}).get(split)
+            if world > 1:
+                reference, first = select_reference(reference, indices), select_reference(first, indices)
             with isolated_rng(evaluation_seed(seed, split)):
-                results[split] = evaluate_probes(module, mine, plan, reference, progress=progress.update)
+                results[split] = evaluate_probes(module, mine, plan, reference, progress.update, first)
     except Exception as caught:  # noqa: BLE001 - re-raised below, after the ranks agree
         error = caught
     finally:

@@ -13,11 +13,17 @@ class_sensitivity          ρ(map of max class, map of min class) (§4.3; near 0
 meta_class_sensitivity     the same with meta maps (§4.4, Fig. 7)
 meta_correlation           ρ(label map, its meta map) (supp. D; lower on unseen images)
 drift                      ρ(label map now, label map at the previous evaluation)
+drift_from_start           ρ(label map now, label map at the fit's first evaluation:
+                           the baseline, e.g. the pretrained model when fine-tuning)
 total_variation            noise of the label map (Smooth Deep Saliency's TV)
 pointing_game              1 if the label map's maximum hits the class region (supp. A)
 relevance_ssim             methods that refine another's maps (Salient Relevance): SSIM of
                            the label class's source map and refined map (Beyond Saliency)
 =========================  =============================================================
+
+Both drifts have no key at the evaluation that sets their reference (the fit's first):
+``drift_from_start`` there would be 1 by definition, a point that tells nothing and squeezes the
+chart's scale, so its curve starts at the first real comparison (where it equals ``drift``).
 
 ρ is Spearman's rank correlation of maps upsampled bilinearly to the image size. A map
 constant up to float rounding has no ρ, TV or maximum: the metrics that read it are NaN, it is
@@ -61,6 +67,7 @@ METRICS = (
     "meta_class_sensitivity",
     "meta_correlation",
     "drift",
+    "drift_from_start",
     "total_variation",
     "pointing_game",
     "relevance_ssim",
@@ -72,6 +79,7 @@ _READS: dict[str, tuple[tuple[str, int], ...]] = {
     "meta_class_sensitivity": (("meta", MAX), ("meta", MIN)),
     "meta_correlation": (("plain", LABEL), ("meta", LABEL)),
     "drift": (("plain", LABEL),),  # and the previous map: :func:`_drift`
+    "drift_from_start": (("plain", LABEL),),  # and the fit-start map: :func:`_drift`
     "total_variation": (("plain", LABEL),),
     "pointing_game": (("plain", LABEL),),
     "relevance_ssim": (("plain", LABEL),),  # and its source's
@@ -187,13 +195,16 @@ def evaluate_probes(
     plan: EvaluationPlan,
     previous: DriftReference | None = None,
     progress: Callable[[int], None] | None = None,
+    start: DriftReference | None = None,
 ) -> SplitEvaluation:
     """Maps and per-probe metrics of ``probes`` (see the module docstring).
 
     The model runs in eval mode and comes back untouched (``compute_saliency``'s
-    guarantees). ``previous`` (the last evaluation of the same probes) gives ``drift``;
-    a probe whose label class changed since then (multilabel) gets NaN drift. ``progress``
-    is called with the number of probes done after each chunk of ``plan.batch_size``.
+    guarantees). ``previous`` (the last evaluation of the same probes) gives ``drift``,
+    ``start`` (their fit-start evaluation, :func:`start_reference`) ``drift_from_start``;
+    without one, its metric has no key. A probe whose label class differs from the
+    reference's (multilabel), or whose reference map is constant or non-finite, gets NaN.
+    ``progress`` is called with the number of probes done after each chunk of ``plan.batch_size``.
     """
     size = (probes.images.shape[-2], probes.images.shape[-1])
     chunks = _compute_chunks(model, probes, plan, progress)
@@ -205,7 +216,8 @@ def evaluate_probes(
     meta_constant = constant_flags(meta) if meta is not None else {}
     meta = _with_combined(meta, meta_constant, plan, size) if meta is not None else None
     masks = _label_masks(probes, targets, chunks.probabilities[0].shape[1])
-    values = _per_probe_values(plain, meta, targets, masks, previous, plan, size)
+    references = {metric: ref for metric, ref in (("drift", previous), ("drift_from_start", start)) if ref is not None}
+    values = _per_probe_values(plain, meta, targets, masks, references, plan, size)
     constant = {"plain": plain_constant, "meta": meta_constant}
     for key in values:  # a probe whose maps overflowed or are constant has no value, whatever the metric made of them
         method, layer = str(key.method), str(key.layer)
@@ -260,9 +272,10 @@ def _compute_chunks(
 
 def _per_probe_values(
     plain: SaliencyMaps, meta: SaliencyMaps | None, targets: Tensor, masks: Tensor | None,
-    previous: DriftReference | None, plan: EvaluationPlan, size: tuple[int, int],
+    references: dict[str, DriftReference], plan: EvaluationPlan, size: tuple[int, int],
 ) -> dict[MetricKey, Tensor]:
-    """Every metric of every method's maps at every layer (see the module docstring), per probe."""
+    """Every metric of every method's maps at every layer (see the module docstring), per probe;
+    ``references``: the earlier label maps each drift metric compares against."""
     values: dict[MetricKey, Tensor] = {}
     for method, per_layer in plain.items():
         for layer, maps in per_layer.items():
@@ -271,8 +284,8 @@ def _per_probe_values(
                 meta_maps = meta[method][layer]
                 found["meta_class_sensitivity"] = class_sensitivity(meta_maps[:, MAX], meta_maps[:, MIN], size)
                 found["meta_correlation"] = map_correlation(maps[:, LABEL], meta_maps[:, LABEL], size)
-            if previous is not None:
-                found["drift"] = _drift(maps[:, LABEL], targets, previous, method, layer, size)
+            for metric, reference in references.items():
+                found[metric] = _drift(maps[:, LABEL], targets, reference, method, layer, size)
             found["total_variation"] = total_variation(maps[:, LABEL])
             if masks is not None:
                 hits = pointing_hits(maps[:, LABEL], masks, plan.pointing_tolerance).double()
@@ -351,10 +364,30 @@ def _label_masks(probes: ProbeBatch, targets: Tensor, num_classes: int) -> Tenso
 
 
 def _drift(
-    maps: Tensor, targets: Tensor, previous: DriftReference, method: str, layer: str, size: tuple[int, int]
+    maps: Tensor, targets: Tensor, reference: DriftReference, method: str, layer: str, size: tuple[int, int]
 ) -> Tensor:
-    before = previous.maps.get(method, {}).get(layer)
+    """(N,) ρ(label map now, the reference's map), both upsampled bilinearly to ``size``; NaN where
+    the reference has no such map, another label class, or a constant or non-finite map."""
+    before = reference.maps.get(method, {}).get(layer)
     if before is None or before.shape != maps.shape:
         return torch.full((maps.shape[0],), math.nan, dtype=torch.float64)
-    comparable = (previous.targets[:, LABEL] == targets[:, LABEL]) & ~constant_maps(before)
+    usable = ~constant_maps(before) & before.flatten(1).isfinite().all(1)
+    comparable = (reference.targets[:, LABEL] == targets[:, LABEL]) & usable
     return torch.where(comparable, drift(maps, before, size).double(), math.nan)
+
+
+def start_reference(start: DriftReference | None, now: DriftReference) -> DriftReference:
+    """What ``drift_from_start`` compares against after an evaluation ``now``: ``start`` (the fit's
+    first evaluation), with the (method, layer) maps it lacks taken from ``now`` (a method or layer
+    first monitored since a resume starts there). A taken map whose label class differs from
+    ``start``'s (multilabel) is NaN, so that probe's value stays NaN: one label class per reference."""
+    if start is None or start.targets.shape != now.targets.shape:
+        return now
+    same = (start.targets[:, LABEL] == now.targets[:, LABEL])[:, None, None]
+    maps = {method: dict(per_layer) for method, per_layer in start.maps.items()}
+    for method, per_layer in now.maps.items():
+        kept = maps.setdefault(method, {})
+        for layer, taken in per_layer.items():
+            if layer not in kept:
+                kept[layer] = torch.where(same, taken, math.nan)
+    return DriftReference(LabelMaps(maps), start.targets)

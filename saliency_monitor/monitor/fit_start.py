@@ -24,6 +24,7 @@ from .config import MonitorConfig
 from .distributed import agree
 from .evaluation import DriftReference, EvaluationPlan, LabelMaps, evaluate_probes
 from .inputs import fit_options
+from .keys import SPLITS, KeyLayout
 from .meta_step import calibrate_meta_lr
 from .probes import ProbeBatch, draw_probes, load_probes, probe_chunks
 from .resume import Resumed
@@ -94,7 +95,7 @@ def _probes(
             return load_probes(loader, identities, seed=seed, batch_to_probe=reader, class_names=names), identities
         except ValueError as error:  # the data changed since the checkpoint: its probes are gone
             resumed.unreadable(split, identities, error)
-    state.previous.pop(split, None)
+    state.forget(split)  # new probes: drift, drift_from_start and the filmstrip restart
     probes, identities = draw_probes(loader, count, seed=seed, batch_to_probe=reader, class_names=names)
     if len(probes) < count:
         resumed.warn(resumed.trainer, f"few-{split}", (
@@ -112,10 +113,11 @@ def _plan(
     _, sample = next(probe_chunks(module, first.select([0]), 1))
     saliency = fit_options(module, sample, config.saliency)  # (B, 1) logits as two classes; output checked now
     layers = validate_layer_names(module, config.layers or resumed.layers() or default_layers(module, sample))
+    KeyLayout.of(layers, SPLITS)  # the layers' key labels must stay distinct
     _restart_changed_layers(state, resumed.layers(), layers, trainer, warn)
     task, task_changed = resumed.task(first.task)
     if task_changed:
-        state.previous.clear()
+        state.forget()
     if config.task is None and resumed.restored.get("task") is None:  # inferred from the labels
         _warn_if_one_hot(state, task, trainer, warn)
     plan = EvaluationPlan.of(
@@ -179,18 +181,20 @@ def _cannot_work(module: nn.Module, probe: ProbeBatch, plan: EvaluationPlan, err
 def _restart_changed_layers(
     state: MonitorState, previous: list[str] | None, layers: list[str], trainer: pl.Trainer, warn: WarnOnce
 ) -> None:
-    """Resuming with other layers: drift restarts for what changed (the combined map included)."""
+    """Resuming with other layers: drift and drift_from_start restart for what changed (the combined
+    map included), the filmstrip (combined maps) restarts."""
     if previous is None or list(previous) == list(layers):
         return
     warn(trainer, "layers-changed", (
         f"SaliencyMonitor: the checkpoint's monitor used layers {list(previous)}, this run uses {list(layers)}; "
-        "drift restarts (NaN at the first evaluation) for the layers that changed."
+        "drift restarts (NaN at the first evaluation) for the layers that changed, and the filmstrips restart."
     ))
     kept = set(previous) & set(layers)  # the combined map is another combination now: dropped
-    state.previous = {
-        split: DriftReference(
-            LabelMaps({m: {layer: t for layer, t in per.items() if layer in kept} for m, per in ref.maps.items()}),
-            ref.targets,
-        )
-        for split, ref in state.previous.items()
-    }
+
+    def keep(ref: DriftReference) -> DriftReference:
+        maps = {m: {layer: t for layer, t in per.items() if layer in kept} for m, per in ref.maps.items()}
+        return DriftReference(LabelMaps(maps), ref.targets)
+
+    state.previous = {split: keep(ref) for split, ref in state.previous.items()}
+    state.start = {split: keep(ref) for split, ref in state.start.items()}
+    state.filmstrips.clear()

@@ -1,35 +1,70 @@
-"""The names the monitor logs under: one value type, one formatting function.
+"""The names the monitor logs under: one value type, one layout.
 
-A number is named by a :class:`MetricKey` (split, metric, method, layer); :func:`format_key`
-is the only place that turns one into the string a logger sees, and nothing parses those
-strings back. The layout (W&B and TensorBoard group panels by the text before the first ``/``):
+A number is named by a :class:`MetricKey` (split, metric, method, layer); a :class:`KeyLayout`,
+settled from the plan, is the only place that turns one into the string a logger sees, and
+nothing parses those strings back. W&B and TensorBoard make one panel section per text before
+the first ``/``, and ``wandb leet`` titles a chart with its key cut to ~30 characters, sorting
+keys byte-wise (capitals first). So every key has exactly one ``/`` and only letters, digits and
+``_``; the headline keys fit in 30 characters; the section names sort the headline first.
 
-====================================================  ==========================================
-key                                                   value
-====================================================  ==========================================
-``saliency/{split}/{metric}/{method}/{layer}``        mean over the probes of one split
-``saliency/{split}/{metric}_stderr/{method}/{layer}``  its standard error
-``saliency/meta_correlation_gap/{method}/{layer}``    train − val meta correlation
-``saliency/meta_correlation_gap_stderr/...``          its standard error
-``saliency/{split}/prediction_difference``            forward smoothing's change of predictions
-``saliency/time_s``, ``saliency/meta_lr``,            per evaluation: seconds, the meta step,
-``saliency/errors``                                   faults caught so far
-``saliency_maps/{split}``                             pictures
-``saliency_probes/{split}``                           the per-probe table
-====================================================  ==========================================
+=============================================  ================================================
+key                                            value (means over the probes of a split)
+=============================================  ================================================
+``Saliency/gap_{M}``                           train − val meta correlation of the combined map:
+                                               the overfitting signal
+``Saliency/meta_train_{M}``, ``meta_val_{M}``  its two sides (meta correlation, combined map)
+``Saliency/sensitivity_{M}``                   class sensitivity of the combined map (val
+                                               probes; train without val data)
+``Saliency/since_start_{M}``                   ρ of the label map now vs at fit start (val)
+``Saliency/stability_{M}``                     ρ of the label map now vs the last evaluation (val)
+``layer_{split}/{code}_{M}_{L}``               every metric of every layer (``L`` = ``all``:
+                                               the combined map); codes in :data:`CODES`
+``layer_gap/gap_{M}_{L}``                      train − val meta correlation per layer
+``stderr/{key with / as _}``                   the standard error of each mean above
+``saliency_run/{name}``                        ``time_s``, ``meta_lr``, ``errors``,
+                                               ``prediction_difference_{split}``
+``saliency_maps/{split}``                      pictures; ``saliency_evolution/{split}`` the
+                                               filmstrip; ``saliency_probes/{split}`` the table
+=============================================  ================================================
+
+``M`` is the method's short label (:func:`method_label`: ``NGsel`` for norm_grad_selective, ``NG``
+for norm_grad, ...), ``L`` the layer's name without the common dotted prefix of the monitored
+layers, dots as ``_`` (``model.layer4`` -> ``layer4``).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from ..engine.methods import Method, get_method
+
 PREFIX = "saliency"
+HEADLINE = "Saliency"
+"""The headline section (a capital sorts it before lowercase sections in ``wandb leet``)."""
 SPLITS = ("train", "val")
 COMBINED = "combined"
 """The layer name of the layer-combined map."""
 GAP = "meta_correlation_gap"
 """The metric name of train − val meta correlation (a key with no split)."""
+ALL_LAYERS = "all"
+"""The combined map's layer label in keys."""
+STDERR = "stderr"
+RUN = f"{PREFIX}_run"
 
+CODES = {
+    "class_sensitivity": "cs",
+    "meta_class_sensitivity": "mcs",
+    "meta_correlation": "mc",
+    "drift": "drift",
+    "drift_from_start": "start",
+    "total_variation": "tv",
+    "pointing_game": "pg",
+    "relevance_ssim": "ssim",
+    GAP: "gap",
+}
+"""The breakdown's short metric codes (chart titles stay distinguishable in leet's width)."""
 
 @dataclass(frozen=True)
 class MetricKey:
@@ -55,16 +90,77 @@ class MetricKey:
         return replace(self, stderr=True)
 
 
-def format_key(key: MetricKey) -> str:
-    """The string a logger receives for ``key`` (see the module docstring for the layout)."""
-    metric = f"{key.metric}_stderr" if key.stderr else key.metric
-    parts = [PREFIX, key.split, metric, key.method, key.layer]
-    return "/".join(part for part in parts if part is not None)
+def method_label(method: str | Method) -> str:
+    """A method's short label in keys (:attr:`~saliency_monitor.engine.methods.Method.label`)."""
+    return get_method(method).label
+
+
+def layer_labels(layers: Sequence[str]) -> list[str]:
+    """Layer names without their common dotted prefix (``model.layer1`` -> ``layer1``), dots as ``_``."""
+    parts = [name.split(".") for name in layers]
+    common = 0
+    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    return [_sanitize("_".join(p[common:])) for p in parts]
+
+
+def _sanitize(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", text)
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """The logged names of one fit (settled from its layers, methods and splits)."""
+
+    layers: dict[str, str]
+    """Layer name (``"combined"`` included) -> its label in keys."""
+    headline_split: str
+    """The split the headline's sensitivity, since-start and stability are read on."""
+
+    @classmethod
+    def of(cls, layers: Sequence[str], splits: Sequence[str]) -> KeyLayout:
+        """Layer labels without the common prefix; the full names (dots as ``_``) when two
+        labels, or a label and ``all``, would coincide; an error when those coincide too."""
+        for labels in (layer_labels(layers), [_sanitize(name) for name in layers]):
+            if len({*labels, ALL_LAYERS}) == len(labels) + 1:
+                return cls({**dict(zip(layers, labels)), COMBINED: ALL_LAYERS}, "val" if "val" in splits else "train")
+        raise ValueError(
+            f"Expected `layers` whose names stay distinct in logged keys (letters, digits and _ only, not "
+            f"{ALL_LAYERS!r}), but got {list(layers)}: give one of the clashing layers another name or choose another."
+        )
+
+    def name(self, key: MetricKey) -> str:
+        """The string a logger receives for ``key`` (see the module docstring for the layout)."""
+        if key.stderr:
+            return f"{STDERR}/" + self.name(replace(key, stderr=False)).replace("/", "_")
+        if key.method is None:
+            suffix = "" if key.split is None else f"_{key.split}"
+            return f"{RUN}/{key.metric}{suffix}"
+        headline = self.headline(key)
+        if headline is not None:
+            return f"{HEADLINE}/{headline}_{method_label(key.method)}"
+        section = "gap" if key.split is None else key.split
+        layer = self.layers.get(str(key.layer), _sanitize(str(key.layer)))
+        return f"layer_{section}/{CODES[key.metric]}_{method_label(key.method)}_{layer}"
+
+    def headline(self, key: MetricKey) -> str | None:
+        """The headline title of ``key`` (combined map only), or None when it belongs to the breakdown."""
+        if key.layer != COMBINED or key.stderr:
+            return None
+        if key.metric == GAP and key.split is None:
+            return "gap"
+        if key.metric == "meta_correlation" and key.split is not None:
+            return f"meta_{key.split}"
+        if key.split == self.headline_split:
+            return {"class_sensitivity": "sensitivity", "drift_from_start": "since_start",
+                    "drift": "stability"}.get(key.metric)
+        return None
 
 
 def is_scalar_key(name: object) -> bool:
     """Whether ``name`` (e.g. an ``EarlyStopping``'s ``monitor``) names one of the monitor's scalars."""
-    return isinstance(name, str) and name.startswith(f"{PREFIX}/")
+    sections = (HEADLINE, "layer_train", "layer_val", "layer_gap", STDERR, RUN)
+    return isinstance(name, str) and name.split("/", 1)[0] in sections and "/" in name
 
 
 def column_name(key: MetricKey) -> str:
@@ -74,6 +170,11 @@ def column_name(key: MetricKey) -> str:
 
 def pictures_key(split: str) -> str:
     return f"{PREFIX}_maps/{split}"
+
+
+def evolution_key(split: str) -> str:
+    """The filmstrip: each logged probe's combined map at every evaluation."""
+    return f"{PREFIX}_evolution/{split}"
 
 
 def table_key(split: str) -> str:

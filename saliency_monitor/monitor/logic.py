@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from torch import Tensor
 from typing_extensions import override
 
@@ -25,9 +26,11 @@ from . import report
 from .config import MonitorConfig, records_explicit_options
 from .degenerate import degenerate_message
 from .distributed import evaluate_splits
+from .evaluation import start_reference
+from .filmstrip import update_filmstrips
 from .fit_start import prepare
-from .keys import SPLITS, MetricKey, is_scalar_key
-from .publish import Pictures, publish
+from .keys import SPLITS, KeyLayout, MetricKey, is_scalar_key
+from .publish import Pictures, publish, publish_filmstrips, publish_largest_gap, publish_run
 from .rng import evaluation_seed, isolated_rng
 from .state import RESUMED_OPTIONS, MonitorState
 from .trainer import WarnOnce, eager, refuse_sharded_strategy
@@ -54,36 +57,33 @@ class SaliencyMonitorLogic(_CallbackBase):
     RNG or sampler that training uses) the maps of the label class (multilabel: the true
     class with the highest score) and of the max- and min-predicted classes, plain and
     meta (one SGD step on the single image's loss, §4.4), with each method at each layer and
-    combined across layers (§4.2), and logs (``split`` ∈ {train, val}; ``layer`` a layer name
-    or ``combined``; every value a mean over probes, NaN-probes left out; the layout is
-    :mod:`saliency_monitor.monitor.keys`):
+    combined across layers (§4.2), and logs (every value a mean over probes, NaN-probes left
+    out; ``M`` the method's short label, ``NGsel`` for norm_grad_selective; the full layout, with
+    ``L`` a layer's label, is :mod:`saliency_monitor.monitor.keys`):
 
-    - ``saliency/{split}/class_sensitivity/{method}/{layer}``: Spearman ρ between the maps of
-      the max- and min-predicted class (§4.3; near 0 = the map depends on the class).
-    - ``saliency/{split}/meta_class_sensitivity/{method}/{layer}``: the same on meta maps.
-    - ``saliency/{split}/meta_correlation/{method}/{layer}``: ρ between the label map and its
-      meta map (supp. D: lower on images the model has not fitted).
-    - ``saliency/meta_correlation_gap/{method}/{layer}``: train − val meta correlation, the
-      overfitting signal (and ``saliency/meta_correlation_gap_stderr/...``).
-    - ``saliency/{split}/drift/{method}/{layer}``: ρ between the label map now and at the
-      previous evaluation.
-    - ``saliency/{split}/total_variation/{method}/{layer}``: noise of the label map (TV of the
-      standardised map, Smooth Deep Saliency).
-    - ``saliency/{split}/pointing_game/{method}/{layer}``: fraction of probes whose label map
-      peaks within ``pointing_tolerance`` px of the class's boxes/masks (only when the
-      probes carry them).
-    - ``saliency/{split}/relevance_ssim/{method}/{layer}`` (methods that refine another's maps:
-      ``salient_relevance``): SSIM between the LRP map and its Salient Relevance map (Beyond
-      Saliency's measure of how much the detection reshapes the relevance).
-    - ``saliency/{split}/{metric}_stderr/{method}/{layer}``: the standard error of each mean.
-    - ``saliency/{split}/prediction_difference`` (``smooth="forward"`` only): mean over probes
-      and classes of |p_smoothed − p|, how far the forward smoothing moves the predictions.
-    - ``saliency/time_s`` (seconds the evaluation took), ``saliency/meta_lr`` (the meta step
-      used), ``saliency/errors`` (faults caught with ``on_error="warn"``).
-    - Pictures ``saliency_maps/{split}`` (one grid per method: for ``num_logged_images``
-      probes, the image, each layer's map and the combined map, plain and meta, of the
-      label class) and a per-probe table ``saliency_probes/{split}`` (W&B; TensorBoard gets
-      the pictures and a text table, CSVLogger PNG files and a CSV table in its directory).
+    - the headline section, one screen at defaults: ``Saliency/gap_{M}`` (train − val meta
+      correlation of the combined map: the overfitting signal), ``Saliency/meta_train_{M}`` and
+      ``Saliency/meta_val_{M}`` (ρ between the label map and its meta map, supp. D: lower on
+      images the model has not fitted), ``Saliency/sensitivity_{M}`` (ρ between the max- and
+      min-class maps, §4.3: near 0 = the map depends on the class), ``Saliency/since_start_{M}``
+      and ``Saliency/stability_{M}`` (ρ of the label map now vs at fit start / at the last
+      evaluation), the last three on the val probes (train without val data);
+    - the breakdown ``layer_{train|val}/{code}_{M}_{L}`` of every metric at every layer and the
+      combined map (``L = all``): class sensitivity ``cs``, its meta version ``mcs``, meta
+      correlation ``mc``, ``drift``, drift from the start ``start``, total variation ``tv`` (noise
+      of the standardised map, Smooth Deep Saliency), ``pg`` the pointing game (probes with
+      boxes/masks: the map's peak within ``pointing_tolerance`` px of the class), ``ssim``
+      (methods that refine another's maps: SSIM of the LRP map and its Salient Relevance map),
+      and ``layer_gap/gap_{M}_{L}``;
+    - ``stderr/...``: the standard error of each mean, in its own section;
+    - ``saliency_run/time_s``, ``saliency_run/meta_lr``, ``saliency_run/errors`` (faults caught
+      with ``on_error="warn"``), ``saliency_run/prediction_difference_{split}``
+      (``smooth="forward"``: mean |p_smoothed − p|);
+    - pictures ``saliency_maps/{split}`` (one grid per method: for ``num_logged_images``
+      probes, the image, each layer's map and the combined map, plain and meta, of the label
+      class), the filmstrip ``saliency_evolution/{split}`` (each logged probe's combined map at
+      every evaluation) and a per-probe table ``saliency_probes/{split}`` (W&B; TensorBoard
+      gets the pictures and a text table, CSVLogger PNG files and a CSV table).
 
     Every scalar also lands in ``trainer.callback_metrics`` (usable by ModelCheckpoint or
     EarlyStopping, which then see the current model's values at every validation); with no
@@ -141,6 +141,13 @@ class SaliencyMonitorLogic(_CallbackBase):
         one per method (empty before the first evaluation or with ``num_logged_images=0``)."""
         return dict(self.state.last_pictures)
 
+    @property
+    def last_filmstrips(self) -> dict[str, np.ndarray]:
+        """The latest filmstrips on rank 0: ``{split: uint8 (H, W, 3) array}`` (rows: the logged probes,
+        columns: evaluations; :mod:`~saliency_monitor.monitor.filmstrip`); empty before the first
+        evaluation or with ``num_logged_images=0``."""
+        return {split: picture for split, (picture, _) in self.state.last_filmstrips.items()}
+
     # ------------------------------------------------------------------ Lightning hooks
 
     @override
@@ -157,6 +164,7 @@ class SaliencyMonitorLogic(_CallbackBase):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with eager(), isolated_rng(evaluation_seed(self.config.seed, "fit start")):
             prepare(self.config, self.state, trainer, pl_module, SPLITS, self._warn)
+        publish_run(trainer, self.config, self.state)
         if self.state.evaluations == 0:  # the baseline (skipped when resuming)
             self._run(trainer, pl_module, tuple(self.state.probes))
 
@@ -195,6 +203,8 @@ class SaliencyMonitorLogic(_CallbackBase):
             with eager(), isolated_rng(evaluation_seed(self.config.seed, "fit start")):
                 prepare(self.config, self.state, trainer, pl_module, ("val",), self._warn)
             drawn = "val" in self.state.probes
+            if drawn:
+                publish_run(trainer, self.config, self.state)
         if trainer.state.fn == "validate":
             self._run(trainer, pl_module, ("val",) if "val" in self.state.probes else ())
         elif self.state.evaluations and _monitored(trainer):
@@ -225,11 +235,12 @@ class SaliencyMonitorLogic(_CallbackBase):
             self.state.last_step = trainer.global_step
             self._warn(trainer, "error", (
                 f"SaliencyMonitor: evaluation at step {trainer.global_step} failed and was skipped; training "
-                f"goes on (on_error='warn'; later faults are only counted in saliency/errors):\n"
+                f"goes on (on_error='warn'; later faults are only counted in saliency_run/errors):\n"
                 + "".join(traceback.format_exception(type(error), error, error.__traceback__))
             ))
             try:
-                publish(trainer, {MetricKey(None, "errors"): float(self.state.errors)}, {}, {}, self._warn)
+                layout = KeyLayout.of(self.state.plan.layers, tuple(self.state.probes))
+                publish(trainer, layout, {MetricKey(None, "errors"): float(self.state.errors)}, {}, {}, self._warn)
             except Exception:  # noqa: BLE001 - a failing logger: already reported above, counted here
                 self.state.errors += 1
 
@@ -237,7 +248,9 @@ class SaliencyMonitorLogic(_CallbackBase):
         start = time.perf_counter()
         state, config, plan = self.state, self.config, self.state.plan
         assert plan is not None
-        results = evaluate_splits(trainer, pl_module, splits, state.probes, state.previous, plan, config.seed)
+        results = evaluate_splits(
+            trainer, pl_module, splits, state.probes, state.previous, plan, config.seed, state.start
+        )
         for split, result in results.items():
             if result.nonfinite:
                 self._warn(trainer, "nonfinite", (
@@ -252,11 +265,17 @@ class SaliencyMonitorLogic(_CallbackBase):
         state.last_pictures = report.pictures(
             results, state.probes, plan, state.class_name, config.num_logged_images, config.colormap
         ) if rank_zero else {}
+        state.last_filmstrips = update_filmstrips(
+            state.filmstrips, results, state.probes, plan, state.class_name, config.num_logged_images,
+            config.colormap, trainer.global_step,
+        ) if rank_zero else {}
         scalars[MetricKey(None, "time_s")] = time.perf_counter() - start
         if plan.meta_lr is not None:
             scalars[MetricKey(None, "meta_lr")] = plan.meta_lr
         scalars[MetricKey(None, "errors")] = float(state.errors)
-        state.previous.update({split: result.reference for split, result in results.items()})
+        for split, result in results.items():
+            state.previous[split] = result.reference
+            state.start[split] = start_reference(state.start.get(split), result.reference)
         state.evaluations += 1
         state.last_step = trainer.global_step
         tables = {
@@ -264,7 +283,10 @@ class SaliencyMonitorLogic(_CallbackBase):
                                       with_boxes=state.probes[split].boxes is not None)
             for split, result in results.items()
         } if rank_zero else {}
-        publish(trainer, scalars, state.last_pictures, tables, self._warn)
+        publish(trainer, KeyLayout.of(plan.layers, tuple(state.probes)), scalars, state.last_pictures, tables,
+                self._warn)
+        publish_filmstrips(trainer, state.last_filmstrips, self._warn)
+        publish_largest_gap(trainer, KeyLayout.of(plan.layers, tuple(state.probes)), state.largest_gap, scalars)
 
 
 def _monitored(trainer: pl.Trainer) -> bool:

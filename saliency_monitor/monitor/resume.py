@@ -4,10 +4,11 @@ A resumed fit continues the checkpoint's history: the same probes (re-read by id
 same seed), layers, task and meta step, so drift and every curve go on where they stopped. An
 option the user gives explicitly at the resume (``SaliencyMonitor(meta_lr=0.05)``) that differs
 from the one the checkpoint's monitor was configured with wins, with a warning saying which
-history restarts: new probes (seed, probe counts) restart drift for their split, another task
-restarts drift everywhere, other layers restart it where they changed, another meta step makes
-the meta curves before and after incomparable. Probes the data can no longer give (the dataset
-shrank) are redrawn with a warning. Version-1 checkpoints record no options: theirs are kept.
+history restarts: new probes (seed, probe counts) restart drift (from the last evaluation and
+from the start) and the filmstrip for their split, another task restarts them everywhere, other
+layers where they changed, another meta step makes the meta curves before and after
+incomparable. Probes the data can no longer give (the dataset shrank) are redrawn with a warning.
+Version-1 checkpoints record no options: theirs are kept.
 """
 
 from __future__ import annotations
@@ -60,20 +61,20 @@ class Resumed:
             return None
         for name in ("seed", f"num_{split}_probes"):
             if self.overrides(name):
-                self._changed(name, f"new {split} probes are drawn and their drift restarts")
+                self._changed(name, f"new {split} probes are drawn and their drift restarts (and filmstrip)")
                 return None
         return list(identities)
 
     def unreadable(self, split: str, identities: list[int], error: Exception) -> None:
         self.warn(self.trainer, f"redraw-{split}", (
             f"SaliencyMonitor: the checkpoint's {split} probes (dataset items {identities}) cannot be read from "
-            f"this run's {split} data ({error}); drawing new {split} probes, their drift restarts."
+            f"this run's {split} data ({error}); drawing new {split} probes, their drift restarts (and filmstrip)."
         ))
 
     def task(self, inferred: str) -> tuple[str, bool]:
         """(the task, whether drift must restart because the task changed)."""
         if self.overrides("task"):
-            self._changed("task", "drift restarts (the label classes may have changed)")
+            self._changed("task", "drift restarts (and the filmstrips; the label classes may have changed)")
             return str(self.config.task), True
         return self.config.task or self.restored.get("task") or inferred, False
 

@@ -172,10 +172,11 @@ def test_monitor_smoothing_logs_the_prediction_difference_of_the_forward_hook(tm
         with pytest.warns(UserWarning, match="takes scalars only"):
             trainer(tmp_path, [monitor], logger=spy, max_epochs=1).fit(Classifier(), train, val)
         records[mode] = spy.saliency()[0][1]  # fit start: the same weights for every mode
-    key = "saliency/val/total_variation/norm_grad/net.stem"  # the layer feeding the stride-2 stage1 conv
+    key = "layer_val/tv_NG_stem"  # net.stem: the layer feeding the stride-2 stage1 conv
     assert records["backward"][key] < records[None][key]
-    assert "saliency/val/prediction_difference" not in records["backward"]
-    assert 0 < records["forward"]["saliency/val/prediction_difference"] < 1
+    assert "saliency_run/prediction_difference_val" not in records["backward"]
+    assert 0 < records["forward"]["saliency_run/prediction_difference_val"] < 1
+    assert 0 < records["forward"]["saliency_run/prediction_difference_train"] < 1
     with pytest.raises(ValueError, match=re.escape(
             "Expected `smooth` to be one of ['backward', 'forward'] or None, but got 'yes'.")):
         SaliencyMonitor(smooth="yes")

@@ -22,6 +22,7 @@ def test_offline_default_runs_end_to_end(wandb_env, capsys) -> None:
         "--epochs", "2", "--every-n-epochs", "1", "--batch-size", "8",
         "--num-train-probes", "3", "--num-val-probes", "3",
         "--wandb-dir", str(wandb_env / "runs"), "--picture", str(wandb_env / "picture.png"),
+        "--filmstrip", str(wandb_env / "filmstrip.png"),
     ])
     out = capsys.readouterr().out
     assert [row["epoch"] for row in summary.rows] == ["start", "1", "2"]
@@ -30,12 +31,19 @@ def test_offline_default_runs_end_to_end(wandb_env, capsys) -> None:
 
     (run_dir,) = (wandb_env / "runs" / "wandb").glob("offline-run-*")
     history = offline_history(read_offline_run(run_dir))
-    saliency = [item for item in history if "saliency/time_s" in item]
+    saliency = [item for item in history if "saliency_run/time_s" in item]
     assert [item["trainer/global_step"] for item in saliency] == [0, 3, 6]  # 20 trainval images / batch 8
     last = saliency[-1]
-    gap = "saliency/meta_correlation_gap/norm_grad_selective/combined"
-    assert -2 <= last[gap] <= 2 and 0 <= last["saliency/val/pointing_game/norm_grad/combined"] <= 1
-    assert 1e-4 <= last["saliency/meta_lr"] <= 0.1
+    gap = "Saliency/gap_NGsel"
+    assert -2 <= last[gap] <= 2 and 0 <= last["layer_val/pg_NG_all"] <= 1
+    assert 1e-4 <= last["saliency_run/meta_lr"] <= 0.1
+    # the printed table reads the same numbers from the callback metrics
+    row = summary.rows[-1]
+    for column, key in (("gap", gap), ("gap stderr", "stderr/Saliency_gap_NGsel"),
+                        ("meta corr train", "Saliency/meta_train_NGsel"), ("meta corr val", "Saliency/meta_val_NGsel"),
+                        ("class sens. val", "Saliency/sensitivity_NGsel"), ("pointing val", "layer_val/pg_NGsel_all")):
+        assert row[column] == pytest.approx(last[key], nan_ok=True), column
+    assert all(math.isfinite(row[key]) for key in ("meta corr val", "class sens. val"))
     assert any("val/mAP" in item for item in history) and any("val_AP/dog" in item for item in history)
     pictures = [item for item in history if "saliency_maps/val._type" in item]
     assert len(pictures) == 3
@@ -46,6 +54,9 @@ def test_offline_default_runs_end_to_end(wandb_env, capsys) -> None:
     table = json.loads((run_dir / "files" / tables[-1]["saliency_probes/train.path"]).read_text())
     assert len(table["data"]) == 3 and all(row[2] in open_classes() for row in table["data"])
     assert np.asarray(Image.open(wandb_env / "picture.png")).std() > 20
+    filmstrip = np.asarray(Image.open(wandb_env / "filmstrip.png"))
+    assert np.array_equal(filmstrip, monitor.last_filmstrips["val"]) and filmstrip.std() > 20
+    assert [item for item in history if "saliency_evolution/val._type" in item]
 
 
 
@@ -59,7 +70,7 @@ def test_relevance_methods_on_the_example_resnet(wandb_env, capsys) -> None:
         "--epochs", "1", "--every-n-epochs", "1", "--batch-size", "8",
         "--num-train-probes", "2", "--num-val-probes", "2",
         "--methods", "salient_relevance", "lrp", "--wandb-dir", str(wandb_env / "runs"),
-        "--picture", str(wandb_env / "picture.png"),
+        "--picture", str(wandb_env / "picture.png"), "--filmstrip", str(wandb_env / "filmstrip.png"),
     ])
     assert "Per evaluation (saliency: salient_relevance, combined map)" in capsys.readouterr().out
     last = summary.rows[-1]

@@ -23,7 +23,7 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 
 from saliency_monitor import SaliencyMonitor
-from tests._fits import Classifier, multiclass_loaders
+from tests._fits import Classifier, is_saliency_key, multiclass_loaders
 
 
 class FailsOnRank(torch.nn.Module):
@@ -75,11 +75,11 @@ def main() -> None:
     if trainer.is_global_zero:
         logger.save()
         with open(Path(logger.log_dir) / "metrics.csv") as handle:
-            rows = [{k: float(v) for k, v in row.items() if v != "" and (k.startswith("saliency/") or k == "step")}
+            rows = [{k: float(v) for k, v in row.items() if v != "" and (is_saliency_key(k) or k == "step")}
                     for row in csv.DictReader(handle)]
         state = monitor.state_dict()
         result = {
-            "evaluations": [row for row in rows if "saliency/errors" in row],
+            "evaluations": [row for row in rows if "saliency_run/errors" in row],
             "identities": state["identities"],
             "global_step": trainer.global_step,
             "errors": state["errors"],

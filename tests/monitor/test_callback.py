@@ -18,48 +18,90 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from saliency_monitor import SaliencyMonitor
 from saliency_monitor.monitor import SaliencyMonitorWarning
-from tests._fits import Classifier, SpyLogger, multiclass_loaders, multilabel_loaders, trainer
+from saliency_monitor.monitor.evaluation import METRICS
+from tests._fits import Classifier, SpyLogger, is_saliency_key, multiclass_loaders, multilabel_loaders, trainer
 
 METHODS = ("norm_grad_selective", "norm_grad")
-LAYERS = ("net.stem", "net.stage1", "net.stage2", "combined")
+LABELS = ("NGsel", "NG")
+"""The methods' labels in keys."""
+LAYERS = ("stem", "stage1", "stage2", "all")
+"""The default layers' labels in keys (net.stem, net.stage1, net.stage2 and the combined map)."""
 pytestmark = pytest.mark.filterwarnings("ignore:SaliencyMonitor. logger generic:UserWarning")
-CORRELATIONS = ("class_sensitivity", "meta_class_sensitivity", "meta_correlation", "drift")
+START = "drift_from_start" in METRICS
+"""Whether the evaluation computes drift from the fit start (its keys are expected only then)."""
+CODES = {"class_sensitivity": "cs", "meta_class_sensitivity": "mcs", "meta_correlation": "mc", "drift": "drift",
+         "drift_from_start": "start", "total_variation": "tv", "pointing_game": "pg"}
+HEADLINE_TITLES = {"meta_train": "mc", "meta_val": "mc", "sensitivity": "cs", "since_start": "start",
+                   "stability": "drift", "gap": "gap"}
+"""The headline's titles and the breakdown code of the metric each shows."""
+CORRELATIONS = ("cs", "mcs", "mc", "drift", "start")
 
 
 def expected_keys(splits=("train", "val"), drift=True, pointing=False, meta=True, layers=LAYERS) -> set[str]:
+    """The scalar keys a fit logs: the headline (combined map; sensitivity, since-start and stability on
+    val, on train without val data) and the breakdown ``layer_{split}/{code}_{M}_{L}``, each with its
+    ``stderr/`` twin, and the run numbers."""
     metrics = ["class_sensitivity", "total_variation"]
     metrics += ["meta_class_sensitivity", "meta_correlation"] if meta else []
     metrics += ["drift"] if drift else []
+    metrics += ["drift_from_start"] if drift and START else []
     metrics += ["pointing_game"] if pointing else []
-    keys = {"saliency/time_s", "saliency/errors"} | ({"saliency/meta_lr"} if meta else set())
-    for method in METHODS:
+    headline_split = "val" if "val" in splits else "train"
+    keys = {"saliency_run/time_s", "saliency_run/errors"} | ({"saliency_run/meta_lr"} if meta else set())
+    for label in LABELS:
         for layer in layers:
             for split in splits:
                 for metric in metrics:
-                    keys |= {f"saliency/{split}/{metric}/{method}/{layer}",
-                             f"saliency/{split}/{metric}_stderr/{method}/{layer}"}
+                    if layer == "all" and metric == "meta_correlation":
+                        keys |= {f"Saliency/meta_{split}_{label}", f"stderr/Saliency_meta_{split}_{label}"}
+                    elif layer == "all" and split == headline_split and metric == "class_sensitivity":
+                        keys |= {f"Saliency/sensitivity_{label}", f"stderr/Saliency_sensitivity_{label}"}
+                    elif layer == "all" and split == headline_split and metric == "drift_from_start":
+                        keys |= {f"Saliency/since_start_{label}", f"stderr/Saliency_since_start_{label}"}
+                    elif layer == "all" and split == headline_split and metric == "drift":
+                        keys |= {f"Saliency/stability_{label}", f"stderr/Saliency_stability_{label}"}
+                    else:
+                        keys |= {f"layer_{split}/{CODES[metric]}_{label}_{layer}",
+                                 f"stderr/layer_{split}_{CODES[metric]}_{label}_{layer}"}
             if meta and set(splits) == {"train", "val"}:
-                keys |= {f"saliency/meta_correlation_gap/{method}/{layer}",
-                         f"saliency/meta_correlation_gap_stderr/{method}/{layer}"}
+                if layer == "all":
+                    keys |= {f"Saliency/gap_{label}", f"stderr/Saliency_gap_{label}"}
+                else:
+                    keys |= {f"layer_gap/gap_{label}_{layer}", f"stderr/layer_gap_gap_{label}_{layer}"}
     return keys
+
+
+def metric_code(key: str) -> str:
+    """The breakdown code of the metric ``key`` holds (``stderr`` for a standard error, the name of a run number)."""
+    section, name = key.split("/")
+    if section == "stderr":
+        return "stderr"
+    if section == "saliency_run":
+        return name
+    if section == "Saliency":
+        (title,) = [t for t in HEADLINE_TITLES if name.startswith(f"{t}_")]
+        return HEADLINE_TITLES[title]
+    return name.split("_")[0]
 
 
 def check_ranges(metrics: dict[str, float]) -> None:
     for key, value in metrics.items():
-        metric = key.split("/")[2] if key.count("/") >= 4 else key
+        metric = metric_code(key)
         assert isinstance(value, float), key
-        if key.endswith("_stderr") or "_stderr/" in key:
+        if metric == "stderr":
             assert math.isnan(value) or value >= 0, key
         elif metric in CORRELATIONS:
             assert -1 <= value <= 1, (key, value)
-        elif metric in ("pointing_game",):
+        elif metric == "pg":
             assert 0 <= value <= 1, (key, value)
-        elif metric == "total_variation":
+        elif metric == "tv":
             assert value > 0, (key, value)
-        elif key.startswith("saliency/meta_correlation_gap/"):
+        elif metric == "gap":
             assert -2 <= value <= 2, (key, value)
+        else:
+            assert metric in ("time_s", "meta_lr", "errors"), key
     for key, value in metrics.items():
-        if "_stderr" not in key:
+        if not key.startswith("stderr/"):
             assert math.isfinite(value), (key, value)
 
 
@@ -76,14 +118,16 @@ def test_multiclass_fit_logs_the_documented_keys(tmp_path) -> None:
         assert set(metrics) == expected_keys()
     for _, metrics in records:
         check_ranges(metrics)
-        assert metrics["saliency/time_s"] > 0 and metrics["saliency/meta_lr"] == 0.05
-        assert metrics["saliency/errors"] == 0
+        assert metrics["saliency_run/time_s"] > 0 and metrics["saliency_run/meta_lr"] == 0.05
+        assert metrics["saliency_run/errors"] == 0
     # the gap is train − val of the logged means
     last = records[-1][1]
-    for method in METHODS:
-        key = f"{method}/combined"
-        assert last[f"saliency/meta_correlation_gap/{key}"] == pytest.approx(
-            last[f"saliency/train/meta_correlation/{key}"] - last[f"saliency/val/meta_correlation/{key}"])
+    for label in LABELS:
+        assert last[f"Saliency/gap_{label}"] == pytest.approx(
+            last[f"Saliency/meta_train_{label}"] - last[f"Saliency/meta_val_{label}"])
+        for layer in LAYERS[:-1]:
+            assert last[f"layer_gap/gap_{label}_{layer}"] == pytest.approx(
+                last[f"layer_train/mc_{label}_{layer}"] - last[f"layer_val/mc_{label}_{layer}"])
 
 
 def test_multilabel_boxes_give_the_pointing_game_and_the_task_is_inferred(tmp_path) -> None:
@@ -112,7 +156,7 @@ def test_without_a_logger_metrics_land_in_callback_metrics_and_it_warns_once(tmp
     monitor = SaliencyMonitor(num_train_probes=3, num_val_probes=3, meta_lr=0.05)
     train, val = multiclass_loaders()
     # callback_metrics feed other callbacks: EarlyStopping (strict) finds the gap from the first epoch on
-    stopping = EarlyStopping(monitor="saliency/meta_correlation_gap/norm_grad_selective/combined", mode="max",
+    stopping = EarlyStopping(monitor="Saliency/gap_NGsel", mode="max",
                              patience=5, strict=True)
     fit = trainer(tmp_path, [monitor, stopping], logger=False)
     with pytest.warns(SaliencyMonitorWarning, match="no logger") as caught:
@@ -215,10 +259,10 @@ def test_wandb_offline_run_holds_keys_pictures_and_tables(wandb_env) -> None:
     finally:
         wandb.finish()
     history = offline_history(read_offline_run(run_dir))
-    scalars = [item for item in history if "saliency/time_s" in item]
+    scalars = [item for item in history if "saliency_run/time_s" in item]
     assert [item["trainer/global_step"] for item in scalars] == [0, 3]
     assert expected_keys() <= set(scalars[-1])
-    check_ranges({k: float(v) for k, v in scalars[-1].items() if k.startswith("saliency/")})
+    check_ranges({k: float(v) for k, v in scalars[-1].items() if is_saliency_key(k)})
     for split in ("train", "val"):
         pictures = [item for item in history if f"saliency_maps/{split}._type" in item]
         assert [item["trainer/global_step"] for item in pictures] == [0, 3]
@@ -246,7 +290,7 @@ def test_tensorboard_and_csv_read_back(tmp_path) -> None:
 
     events = EventAccumulator(tensorboard.log_dir, size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     events.Reload()
-    gap = "saliency/meta_correlation_gap/norm_grad/combined"
+    gap = "Saliency/gap_NG"
     assert [e.step for e in events.Scalars(gap)] == [0, 3]
     images = events.Images("saliency_maps/train/0")
     assert [e.step for e in images] == [0, 3]
@@ -313,9 +357,9 @@ def test_lightning_pytorch_namespace(tmp_path) -> None:
     L.Trainer(max_epochs=1, accelerator="cpu", logger=logger, callbacks=[monitor], enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0).fit(Module(), train, val)
     with open(Path(logger.log_dir) / "metrics.csv") as handle:
-        rows = [row for row in csv.DictReader(handle) if row.get("saliency/time_s")]
+        rows = [row for row in csv.DictReader(handle) if row.get("saliency_run/time_s")]
     assert [int(row["step"]) for row in rows] == [0, 3]
-    assert {key.replace("/net.", "/inner.net.") for key in expected_keys()} <= set(rows[-1])
+    assert expected_keys() <= set(rows[-1])  # inner.net.stem: the same label, "stem"
     assert sorted((Path(logger.log_dir) / "saliency_maps" / "train").glob("*.png"))
 
 
@@ -349,7 +393,7 @@ def test_on_error_warn_keeps_training_and_counts_faults(tmp_path) -> None:
         fit = trainer(tmp_path, [monitor, Arm()], logger=spy)
         fit.fit(model, train, val)
     assert fit.global_step == 6  # training went on
-    errors = [metrics["saliency/errors"] for _, metrics in spy.saliency()]
+    errors = [metrics["saliency_run/errors"] for _, metrics in spy.saliency()]
     assert errors == [0.0, 1.0, 2.0]
     assert all(not m._forward_hooks for m in model.modules()) and model.training
 
@@ -372,7 +416,7 @@ def test_default_meta_step_is_calibrated_once_and_logged(tmp_path) -> None:
     model = Classifier()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     trainer(tmp_path, [monitor], logger=spy).fit(model, train, val)
-    logged = {metrics["saliency/meta_lr"] for _, metrics in spy.saliency()}
+    logged = {metrics["saliency_run/meta_lr"] for _, metrics in spy.saliency()}
     assert logged == {monitor.state_dict()["meta_lr"]} and 1e-4 <= logged.pop() <= 0.1
     model.load_state_dict(initial)  # the calibration ran on the initial weights and the train probes
     calibrated = calibrate_meta_lr(model, monitor.state.probes["train"], monitor.state.plan)
@@ -392,5 +436,6 @@ def test_resuming_with_other_layers_warns_that_drift_restarts(tmp_path) -> None:
         trainer(tmp_path, [second], max_epochs=2, logger=spy).fit(
             Classifier(), train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     metrics = spy.saliency()[0][1]
-    assert math.isfinite(metrics["saliency/train/drift/norm_grad/net.stem"])  # same layer: drift continues
-    assert math.isnan(metrics["saliency/train/drift/norm_grad/combined"])  # the combination changed
+    assert math.isfinite(metrics["layer_train/drift_NG_stem"])  # same layer: drift continues
+    assert math.isnan(metrics["layer_train/drift_NG_all"])  # the combination changed
+    assert math.isnan(metrics["Saliency/stability_NG"])  # (val)

@@ -39,22 +39,25 @@ def test_ddp_gives_the_single_process_values(tmp_path) -> None:
     # same weights at fit start: the baseline evaluations agree key by key
     base_single, base_ddp = single["evaluations"][0], ddp["evaluations"][0]
     assert base_single["step"] == base_ddp["step"] == 0
-    keys = {k for k in base_single if k.startswith("saliency/") and k not in ("saliency/time_s",)}
-    assert keys == {k for k in base_ddp if k.startswith("saliency/") and k != "saliency/time_s"}
-    assert any("meta_correlation_gap" in k for k in keys)
+    keys = {k for k in base_single if k != "step" and k != "saliency_run/time_s"}
+    assert keys == {k for k in base_ddp if k != "step" and k != "saliency_run/time_s"}
+    assert {"Saliency/gap_NGsel", "layer_gap/gap_NG_stem", "stderr/Saliency_gap_NG"} <= keys
     for key in keys:
         a, b = base_single[key], base_ddp[key]
         assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-5), key
     # DDP halves the steps per epoch (3 batches over 2 ranks): fit start + 2 epoch ends, logged once each
     assert [row["step"] for row in ddp["evaluations"]] == [0, 2, 4]
-    assert len(ddp["pictures"]) == 3 * 2 * 2  # evaluations x splits x methods, written by rank 0 only
+    pictures = [p for p in ddp["pictures"] if p.startswith("saliency_maps")]
+    filmstrips = [p for p in ddp["pictures"] if p.startswith("saliency_evolution")]
+    assert len(pictures) == 3 * 2 * 2  # evaluations x splits x methods, written by rank 0 only
+    assert len(filmstrips) == 3 * 2 and len(ddp["pictures"]) == 3 * 2 * 3  # one strip per evaluation and split
 
 
 @pytest.mark.slow
 def test_a_fault_on_one_rank_is_counted_and_no_rank_hangs(tmp_path) -> None:
     result = run_fit(tmp_path / "fault", 2, "--fault-rank", "1")
     assert result["global_step"] == 4  # training finished on both ranks
-    assert [row["saliency/errors"] for row in result["evaluations"]] == [0.0, 1.0, 2.0]
+    assert [row["saliency_run/errors"] for row in result["evaluations"]] == [0.0, 1.0, 2.0]
 
 
 @pytest.mark.slow

@@ -30,10 +30,17 @@ from saliency_monitor.monitor.probes import (
     probe_chunks,
 )
 from saliency_monitor.monitor.render import GridRow, saliency_grid, to_uint8_images
-from tests._fits import Classifier, SpyLogger, TinyNet, class_images, trainer
+from tests._fits import Classifier, SpyLogger, TinyNet, class_images, is_saliency_key, trainer
 
 LAYERS = ("net.stem", "net.stage2")
 pytestmark = pytest.mark.filterwarnings("ignore:SaliencyMonitor. logger generic:UserWarning")
+
+
+def is_meta_correlation(key: str) -> bool:
+    """Whether ``key`` holds a mean meta correlation (headline or breakdown) or a gap of them."""
+    section, name = key.split("/")
+    return (section == "Saliency" and name.startswith(("meta_train_", "meta_val_", "gap_"))) or (
+        section in ("layer_train", "layer_val", "layer_gap") and name.startswith(("mc_", "gap_")))
 
 
 def raises(error: type[Exception], message: str) -> Any:
@@ -104,9 +111,9 @@ def test_uint8_fit(tmp_path) -> None:
     records = spy.saliency()
     assert [step for step, _ in records] == [0, 3]
     for _, metrics in records:
-        assert metrics["saliency/errors"] == 0
-        assert any(key.startswith("saliency/train/meta_correlation/") for key in metrics)
-        assert all(math.isfinite(v) for k, v in metrics.items() if "meta_correlation" in k and "_stderr" not in k)
+        assert metrics["saliency_run/errors"] == 0
+        assert "Saliency/meta_train_NGsel" in metrics and any(key.startswith("layer_train/mc_") for key in metrics)
+        assert all(math.isfinite(v) for k, v in metrics.items() if is_meta_correlation(k))
     assert monitor.last_pictures["train"]
 
 
@@ -196,10 +203,11 @@ def test_binary_fit_with_lightning_pytorch(tmp_path) -> None:
                 DataLoader(binary_dataset(8, 1), batch_size=8))
     assert monitor.state_dict()["task"] == "multiclass"
     assert {c for (c,) in monitor.state.probes["train"].classes} == {0, 1}
-    metrics = {k: float(v) for k, v in fit.callback_metrics.items() if k.startswith("saliency/")}
-    meta = [v for k, v in metrics.items() if "meta_correlation" in k and "_stderr" not in k and "/val/" not in k]
+    metrics = {k: float(v) for k, v in fit.callback_metrics.items() if is_saliency_key(k)}
+    meta = [v for k, v in metrics.items() if is_meta_correlation(k) and not k.startswith(("Saliency/meta_val_",
+                                                                                          "layer_val/"))]
     assert meta and all(math.isfinite(v) for v in meta)
-    assert metrics.get("saliency/errors", 0) == 0
+    assert metrics.get("saliency_run/errors", 0) == 0
     assert monitor.last_pictures["train"] and monitor.last_pictures["val"]
 
 
@@ -315,4 +323,4 @@ def test_fit_on_images_of_different_sizes_warns_once(tmp_path) -> None:
     assert len(resized) == 2 and resized[0].startswith("SaliencyMonitor: the train probes have different sizes")
     assert monitor.state.probes["train"].images.shape[-2:] == (16, 16)
     records = spy.saliency()
-    assert [step for step, _ in records] == [0, 3] and all(m["saliency/errors"] == 0 for _, m in records)
+    assert [step for step, _ in records] == [0, 3] and all(m["saliency_run/errors"] == 0 for _, m in records)

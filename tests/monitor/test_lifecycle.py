@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 import warnings
 from typing import Any
 
@@ -17,13 +18,22 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from saliency_monitor import SaliencyMonitor
 from saliency_monitor.monitor import SaliencyMonitorWarning
+from saliency_monitor.monitor.state import MonitorState
 from tests._fits import Classifier, SpyLogger, class_images, multiclass_loaders, trainer
 
 pytestmark = [pytest.mark.filterwarnings("ignore:SaliencyMonitor. logger generic:UserWarning"),
               pytest.mark.filterwarnings("ignore:SaliencyMonitor. the trainer has no logger:UserWarning"),
               pytest.mark.filterwarnings("ignore:SaliencyMonitor. no val dataloader at fit start:UserWarning")]
 NAMESPACES = ("pytorch_lightning", "lightning.pytorch")
-KEY = "saliency/val/total_variation/norm_grad_selective/combined"
+KEY = "layer_val/tv_NGsel_all"
+
+
+def is_drift(key: str) -> bool:
+    """Whether ``key`` holds a drift (since the last evaluation or since the fit start) or its standard error."""
+    name = key.split("/")[1]
+    if key.startswith("stderr/"):  # the mean's key, "/" as "_"
+        name = re.sub(r"^(Saliency|layer_train|layer_val)_", "", name)
+    return name.startswith(("stability_", "since_start_", "drift_", "start_"))
 
 
 def make_monitor(namespace: str, **options: Any) -> Any:
@@ -141,7 +151,8 @@ def test_a_second_fit_starts_a_fresh_history(tmp_path, namespace: str) -> None:
     assert monitor.state.evaluations == 2 and monitor.state.last_step == 3  # the baseline ran again
     probes = monitor.state.probes["train"].images
     assert any(torch.equal(probes[0], image) for image in other.tensors[0])  # drawn from the second fit's data
-    assert math.isfinite(spy[-1]["saliency/train/drift/norm_grad_selective/combined"])  # against this fit's baseline
+    assert math.isfinite(spy[-1]["layer_train/drift_NGsel_all"])  # against this fit's baseline
+    assert math.isfinite(spy[-1]["Saliency/stability_NGsel"])
 
 
 # --------------------------------------------------------------------------- randomness in eval mode
@@ -190,10 +201,11 @@ def test_two_evaluations_at_the_same_weights_give_the_same_maps(tmp_path) -> Non
     trainer(tmp_path, [monitor], logger=spy, max_epochs=1).fit(model, *multiclass_loaders())
     (_, first), (_, second) = spy.saliency()
     for key, value in first.items():
-        if "/drift" not in key and key != "saliency/time_s":
+        if not is_drift(key) and key != "saliency_run/time_s":
             assert value == second[key] or (math.isnan(value) and math.isnan(second[key])), key
-    drifts = [value for key, value in second.items() if "/drift/" in key]
-    assert drifts and all(value == pytest.approx(1.0, abs=1e-12) for value in drifts)
+    drifts = {key: value for key, value in second.items() if is_drift(key) and not key.startswith("stderr/")}
+    assert "Saliency/stability_NGsel" in drifts and "layer_train/drift_NGsel_stem" in drifts
+    assert all(value == pytest.approx(1.0, abs=1e-12) for value in drifts.values()), drifts
 
 
 # --------------------------------------------------------------------------- resume
@@ -236,6 +248,11 @@ def test_resume_keeps_the_checkpoint_for_options_not_given(tmp_path) -> None:
     assert not resume(tmp_path, path, monitor)
     state = monitor.state_dict()
     assert state["identities"] == saved["identities"] and state["meta_lr"] == saved["meta_lr"] == 0.05
+    assert set(saved["largest_gap"]) == {"norm_grad_selective", "norm_grad"}  # the summary's largest gap goes on
+    assert all(state["largest_gap"][m][0] >= value for m, (value, _) in saved["largest_gap"].items())
+    restored = MonitorState()
+    restored.load_state_dict(saved)
+    assert restored.largest_gap == {method: tuple(pair) for method, pair in saved["largest_gap"].items()}
 
 
 @pytest.mark.parametrize(("given", "check", "message"), [

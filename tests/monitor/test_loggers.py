@@ -42,7 +42,8 @@ COLUMNS = ["probe", "label", "meta_correlation"]
 
 
 def scalars(step: int) -> dict[str, float]:
-    return {"saliency/train/drift/norm_grad/layer4": step / 10, "saliency/time_s": float("nan")}
+    return {"Saliency/gap_NG": -step / 10, "layer_train/drift_NG_layer4": step / 10,
+            "saliency_run/time_s": float("nan")}
 
 
 def images(step: int) -> list[np.ndarray]:
@@ -153,12 +154,13 @@ def test_adapt_loggers_rejects_what_is_not_a_lightning_logger() -> None:
 def test_generic_adapter_logs_scalars_and_stores_no_pictures() -> None:
     logger = spy_logger_class("lightning.pytorch")()
     (adapter,) = adapt_loggers([logger])
-    adapter.log_scalars({"saliency/a": np.float32(0.5), "saliency/b": float("nan"), "saliency/c": 2}, np.int64(4))
+    adapter.log_scalars({"Saliency/a": np.float32(0.5), "layer_val/b": float("nan"), "saliency_run/c": 2},
+                        np.int64(4))
     adapter.log_images("saliency_maps/train", images(1), captions(1), 4)
     adapter.log_table("saliency_probes/train", COLUMNS, rows(1), 4)
     ((values, step),) = logger.calls
     assert step == 4 and type(step) is int
-    assert values["saliency/a"] == 0.5 and math.isnan(values["saliency/b"]) and values["saliency/c"] == 2.0
+    assert values["Saliency/a"] == 0.5 and math.isnan(values["layer_val/b"]) and values["saliency_run/c"] == 2.0
     assert all(type(v) is float for v in values.values())
 
 
@@ -179,17 +181,19 @@ def test_wandb_adapter_offline_run_reads_back(wandb_env: Path) -> None:
     records = read_offline_run(run_dir)
     assert records == read_offline_run(next(run_dir.glob("run-*.wandb")))
 
-    metrics = [r["metric"] for r in records if r["type"] == "metric" and "glob_name" in r["metric"]]
-    ours = [(m["glob_name"], m["step_metric"]) for m in metrics if m["glob_name"] != "*"]  # "*": Lightning's
-    expected = [(glob, "trainer/global_step") for glob in ("saliency/*", "saliency_maps/*", "saliency_probes/*")]
-    assert sorted(ours) == expected  # once each, although the adapter was rebuilt at every step
+    metrics = [r["metric"] for r in records if r["type"] == "metric"]
+    assert [m["glob_name"] for m in metrics if "glob_name" in m] == ["*"]  # Lightning's; ours are exact names
+    ours = [(m["name"], m["step_metric"]) for m in metrics if "name" in m and m["name"] != "trainer/global_step"]
+    expected = [(key, "trainer/global_step") for key in (*scalars(0), "saliency_maps/train", "saliency_probes/train")]
+    assert sorted(ours) == sorted(expected)  # once each, although the adapter was rebuilt at every step
 
     history = offline_history(records)
     for step in STEPS:
         at_step = [item for item in history if item["trainer/global_step"] == step]
-        (scalar_row,) = [item for item in at_step if "saliency/time_s" in item]
-        assert scalar_row["saliency/train/drift/norm_grad/layer4"] == step / 10
-        assert math.isnan(scalar_row["saliency/time_s"])  # NaN kept, not dropped
+        (scalar_row,) = [item for item in at_step if "saliency_run/time_s" in item]
+        assert scalar_row["layer_train/drift_NG_layer4"] == step / 10
+        assert scalar_row["Saliency/gap_NG"] == -step / 10
+        assert math.isnan(scalar_row["saliency_run/time_s"])  # NaN kept, not dropped
 
         (image_row,) = [item for item in at_step if "saliency_maps/train._type" in item]
         assert image_row["saliency_maps/train._type"] == "images/separated"
@@ -243,10 +247,12 @@ def test_tensorboard_adapter_event_files_read_back(namespace: str, tmp_path: Pat
         found = events.Tensors(f"{tag}/text_summary")
         return [(e.step, tensor_util.make_ndarray(e.tensor_proto).item().decode()) for e in found]
 
-    drift = events.Scalars("saliency/train/drift/norm_grad/layer4")
+    drift = events.Scalars("layer_train/drift_NG_layer4")
     assert [(e.step, e.value) for e in drift] == [(s, pytest.approx(s / 10)) for s in STEPS]
-    assert [e.step for e in events.Scalars("saliency/time_s")] == list(STEPS)
-    assert all(math.isnan(e.value) for e in events.Scalars("saliency/time_s"))
+    gap = events.Scalars("Saliency/gap_NG")
+    assert [(e.step, e.value) for e in gap] == [(s, pytest.approx(-s / 10)) for s in STEPS]
+    assert [e.step for e in events.Scalars("saliency_run/time_s")] == list(STEPS)
+    assert all(math.isnan(e.value) for e in events.Scalars("saliency_run/time_s"))
     for i in range(2):
         stored = events.Images(f"saliency_maps/train/{i}")
         assert [e.step for e in stored] == list(STEPS)
@@ -286,8 +292,9 @@ def test_csv_adapter_files_read_back(namespace: str, tmp_path: Path) -> None:
     with open(log_dir / "metrics.csv", newline="") as file:
         metrics = list(csv.DictReader(file))
     assert [int(row["step"]) for row in metrics] == list(STEPS)
-    assert [float(row["saliency/train/drift/norm_grad/layer4"]) for row in metrics] == [s / 10 for s in STEPS]
-    assert all(math.isnan(float(row["saliency/time_s"])) for row in metrics)
+    assert [float(row["layer_train/drift_NG_layer4"]) for row in metrics] == [s / 10 for s in STEPS]
+    assert [float(row["Saliency/gap_NG"]) for row in metrics] == [-s / 10 for s in STEPS]
+    assert all(math.isnan(float(row["saliency_run/time_s"])) for row in metrics)
 
     for step in STEPS:
         for i, (image, caption) in enumerate(zip(images(step), captions(step))):

@@ -11,18 +11,24 @@ from saliency_monitor import SaliencyMonitor
 from saliency_monitor.engine import saliency_options
 from saliency_monitor.engine.compute import compute_saliency
 from saliency_monitor.metrics import structural_similarity
-from saliency_monitor.monitor.evaluation import EvaluationPlan, evaluate_probes
+from saliency_monitor.monitor.evaluation import METRICS, EvaluationPlan, evaluate_probes
 from saliency_monitor.monitor.keys import MetricKey
 from saliency_monitor.monitor.probes import ProbeBatch
 from tests._fits import Classifier, SpyLogger, TinyNet, multiclass_loaders, trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:SaliencyMonitor. logger generic:UserWarning")
-LAYERS = ("net.stem", "net.stage1", "net.stage2", "combined")
+LAYERS = ("stem", "stage1", "stage2", "all")
+"""The default layers' labels in keys (net.stem, net.stage1, net.stage2 and the combined map)."""
 
 
-def metric_keys(records: list, method: str) -> set[str]:
-    return {key.split("/")[2] for _, metrics in records for key in metrics if key.count("/") == 4
-            and key.split("/")[3] == method and "_stderr" not in key}
+START = "drift_from_start" in METRICS
+"""Whether the evaluation computes drift from the fit start (its keys are expected only then)."""
+
+
+def metric_keys(records: list, label: str) -> set[str]:
+    """The metric codes of the breakdown keys (``layer_{split}/{code}_{label}_{layer}``) of one method."""
+    return {key.split("/")[1].split("_")[0] for _, metrics in records for key in metrics
+            if key.startswith(("layer_train/", "layer_val/")) and key.split("/")[1].split("_")[1] == label}
 
 
 def test_fit_with_salient_relevance_only_logs_its_metrics_and_the_ssim(tmp_path) -> None:
@@ -33,17 +39,15 @@ def test_fit_with_salient_relevance_only_logs_its_metrics_and_the_ssim(tmp_path)
     trainer(tmp_path, [monitor], logger=spy, max_epochs=1).fit(Classifier(), train, val)
     records = spy.saliency()
     keys = {key for _, metrics in records for key in metrics}
-    assert not any("/lrp/" in key for key in keys)  # computed for the SSIM, not logged
-    assert metric_keys(records, "salient_relevance") == {
-        "class_sensitivity", "meta_class_sensitivity", "meta_correlation", "total_variation", "drift",
-        "relevance_ssim",
-    }
+    assert not any("LRP" in key.split("/")[1].split("_") for key in keys)  # computed for the SSIM, not logged
+    expected = {"cs", "mcs", "mc", "tv", "drift", "ssim"} | ({"start"} if START else set())
+    assert metric_keys(records, "SalRel") == expected
     for split in ("train", "val"):
         for layer in LAYERS:
-            value = records[-1][1][f"saliency/{split}/relevance_ssim/salient_relevance/{layer}"]
+            value = records[-1][1][f"layer_{split}/ssim_SalRel_{layer}"]
             assert -1 <= value <= 1 and math.isfinite(value)
-        assert "saliency/meta_correlation_gap/salient_relevance/combined" in records[-1][1]
-    assert records[-1][1]["saliency/errors"] == 0
+    assert "Saliency/gap_SalRel" in records[-1][1]
+    assert records[-1][1]["saliency_run/errors"] == 0
 
 
 def test_fit_with_lrp_and_a_gradient_method(tmp_path) -> None:
@@ -52,9 +56,9 @@ def test_fit_with_lrp_and_a_gradient_method(tmp_path) -> None:
     train, val = multiclass_loaders()
     trainer(tmp_path, [monitor], logger=spy, max_epochs=1).fit(Classifier(), train, val)
     records = spy.saliency()
-    assert metric_keys(records, "lrp") == metric_keys(records, "norm_grad") == {
-        "class_sensitivity", "total_variation", "drift"}
-    assert records[-1][1]["saliency/errors"] == 0
+    assert metric_keys(records, "LRP") == metric_keys(records, "NG") == {"cs", "tv", "drift"} | (
+        {"start"} if START else set())
+    assert records[-1][1]["saliency_run/errors"] == 0
 
 
 def test_evaluation_ssim_is_the_ssim_of_the_label_maps() -> None:

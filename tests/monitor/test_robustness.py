@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from saliency_monitor import SaliencyMonitor
 from saliency_monitor.monitor import SaliencyMonitorWarning
-from tests._fits import Classifier, SpyLogger, class_images, multiclass_loaders, trainer
+from tests._fits import Classifier, SpyLogger, class_images, is_saliency_key, multiclass_loaders, trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:SaliencyMonitor. logger generic:UserWarning")
 
@@ -26,7 +26,7 @@ def baseline(tmp_path, model: pl.LightningModule, monitor: SaliencyMonitor | Non
     trainer(tmp_path, [monitor], logger=spy, max_epochs=1, **kwargs).fit(model, train, val)
     records = spy.saliency()
     assert records and records[0][0] == 0
-    return {k: v for k, v in records[0][1].items() if k != "saliency/time_s"}
+    return {k: v for k, v in records[0][1].items() if k != "saliency_run/time_s"}
 
 
 def assert_same_values(got: dict, want: dict, tolerance: float) -> None:
@@ -52,7 +52,7 @@ def test_bf16_mixed_precision(tmp_path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="16-mixed needs CUDA")
 def test_16_mixed_precision_on_cuda(tmp_path) -> None:
     values = baseline(tmp_path, seeded_model(), precision="16-mixed", accelerator="gpu")
-    assert all(math.isfinite(v) for k, v in values.items() if "_stderr" not in k)
+    assert all(math.isfinite(v) for k, v in values.items() if not k.startswith("stderr/"))
 
 
 class CompiledClassifier(Classifier):
@@ -127,7 +127,7 @@ def test_frozen_backbone(tmp_path, meta_params: str) -> None:
     model.net.stage1.requires_grad_(False)
     monitor = SaliencyMonitor(num_train_probes=3, num_val_probes=3, meta_lr=0.05, meta_params=meta_params)
     values = baseline(tmp_path, model, monitor)
-    assert all(math.isfinite(v) for k, v in values.items() if "_stderr" not in k)
+    assert all(math.isfinite(v) for k, v in values.items() if not k.startswith("stderr/"))
     assert not model.net.stem[0].weight.requires_grad and model.net.fc.weight.requires_grad
 
 
@@ -136,7 +136,7 @@ def test_frozen_backbone(tmp_path, meta_params: str) -> None:
 
 class ThrowingLogger(SpyLogger):
     def log_metrics(self, metrics, step=None) -> None:
-        if any(k.startswith("saliency/") for k in metrics):
+        if any(is_saliency_key(k) for k in metrics):
             raise OSError("injected logger failure")
         super().log_metrics(metrics, step)
 
@@ -166,8 +166,8 @@ def test_a_nan_loss_gives_nan_metrics_and_training_completes(tmp_path) -> None:
         fit.fit(NaNLoss(), train, val)
     assert fit.global_step == 6
     last = spy.saliency()[-1][1]
-    assert math.isnan(last["saliency/train/class_sensitivity/norm_grad/combined"])
-    assert last["saliency/errors"] == 0
+    assert math.isnan(last["layer_train/cs_NG_all"])
+    assert last["saliency_run/errors"] == 0
 
 
 # --------------------------------------------------------------------------- bad configuration
@@ -219,7 +219,9 @@ def test_no_val_dataloader_skips_val_probes_and_the_gap(tmp_path) -> None:
                 limit_val_batches=0).fit(Classifier(), train)
     assert sum("no val dataloader" in str(w.message) for w in caught) == 1
     keys = set(spy.saliency()[-1][1])
-    assert not any("/val/" in k or "gap" in k for k in keys) and any("/train/" in k for k in keys)
+    words = [set(k.replace("/", "_").split("_")) for k in keys]  # "layer_val/...", "Saliency/meta_val_..."
+    assert not any({"val", "gap"} & w for w in words) and any(k.startswith("layer_train/") for k in keys)
+    assert {"Saliency/meta_train_NGsel", "Saliency/sensitivity_NGsel"} <= keys  # the headline read on train
 
 
 def test_fewer_images_than_probes_uses_all_and_warns_once(tmp_path) -> None:
@@ -286,4 +288,4 @@ data:
     (monitor,) = [c for c in cli.trainer.callbacks if isinstance(c, SaliencyMonitor)]
     assert monitor.config.methods == ("norm_grad", "grad_cam") and monitor.config.every_n_train_steps == 3
     assert monitor.state_dict()["evaluations"] == 2
-    assert "saliency/train/class_sensitivity/grad_cam/combined" in cli.trainer.callback_metrics
+    assert "layer_train/cs_GradCAM_all" in cli.trainer.callback_metrics

@@ -9,6 +9,10 @@ Lightning logger            adapter              images / tables
 any other ``Logger``        :class:`GenericAdapter`     none (``supports_images`` is False)
 ==========================  ===================  ==============================================
 
+Beyond the steps' values: ``log_config`` (the monitor's settled configuration at fit start: W&B run
+config, CSV ``hparams.yaml``, TensorBoard a text table), ``log_summary`` (summary-only values: W&B
+only) and ``log_charts`` (keys drawn on one chart: TensorBoard's custom scalars only).
+
 Both Lightning packages are recognised, ``pytorch_lightning`` and ``lightning.pytorch`` (separate
 class trees); neither is required.
 """
@@ -24,7 +28,7 @@ from .base import LoggerAdapter, SaliencyLogger
 from .csv import CSVAdapter
 from .generic import GenericAdapter
 from .tensorboard import TensorBoardAdapter
-from .wandb import WandbAdapter, offline_history, read_offline_run
+from .wandb import WandbAdapter, offline_history, read_offline_run, read_offline_summary
 
 __all__ = [
     "CSVAdapter",
@@ -37,6 +41,7 @@ __all__ = [
     "is_placeholder",
     "offline_history",
     "read_offline_run",
+    "read_offline_summary",
 ]
 
 _NAMESPACES = ("pytorch_lightning", "lightning.pytorch")

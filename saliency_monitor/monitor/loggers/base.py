@@ -3,7 +3,11 @@
 An adapter wraps one Lightning logger. The callback calls it on global rank 0 only and, before
 ``log_images`` / ``log_table``, checks ``supports_images``: an adapter whose backend cannot store
 pictures or tables (the generic fallback) says ``supports_images = False``, the callback warns once
-and does not call those two methods.
+and does not call those two methods. Three calls describe the run rather than a step:
+``log_config`` (the monitor's settled options, at fit start: ``logger.log_hyperparams`` unless the
+backend needs otherwise), ``log_summary`` (summary-only numbers, e.g. the largest gap so far: W&B
+only, the others store nothing) and ``log_charts`` (keys drawn together on one chart: TensorBoard's
+custom scalars only).
 
 Every adapter validates its arguments the same way (:class:`LoggerAdapter`), so a bad call fails
 with the same message whichever backend is configured.
@@ -21,17 +25,23 @@ from ..._checks import is_int, is_real
 
 __all__ = [
     "Cell",
+    "Charts",
     "LoggerAdapter",
     "SaliencyLogger",
+    "check_charts",
+    "check_config",
     "check_images",
     "check_key",
     "check_scalars",
     "check_step",
+    "check_summary",
     "check_table",
 ]
 
 Cell = str | int | float
 """One table cell: a string or a number (NaN allowed)."""
+Charts = Mapping[str, Mapping[str, Sequence[str]]]
+"""Charts that draw several scalar keys together: section -> chart title -> the keys, in order."""
 
 
 @runtime_checkable
@@ -51,6 +61,15 @@ class SaliencyLogger(Protocol):
 
     def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[object]], step: int) -> None:
         """Log a table of str/int/float cells (NaN allowed) under ``key``."""
+
+    def log_config(self, config: Mapping[str, object]) -> None:
+        """Record the run's configuration: str-keyed nested mappings of lists, strings, numbers, None."""
+
+    def log_summary(self, values: Mapping[str, float]) -> None:
+        """Set summary-only numbers (not history, no chart); a name set again replaces its value."""
+
+    def log_charts(self, charts: Charts) -> None:
+        """Declare charts that draw several scalar keys together (a backend that cannot ignores it)."""
 
 
 class LoggerAdapter(ABC):
@@ -82,6 +101,28 @@ class LoggerAdapter(ABC):
         """Log a table of str/int/float cells; see :func:`check_table`."""
         names, cells = check_table(columns, rows)
         self._log_table(check_key(key), names, cells, check_step(step))
+
+    def log_config(self, config: Mapping[str, object]) -> None:
+        """Record the run's configuration; see :func:`check_config`."""
+        self._log_config(check_config(config))
+
+    def log_summary(self, values: Mapping[str, float]) -> None:
+        """Set summary-only numbers; see :func:`check_summary`."""
+        self._log_summary(check_summary(values))
+
+    def log_charts(self, charts: Charts) -> None:
+        """Declare multi-key charts; see :func:`check_charts`."""
+        self._log_charts(check_charts(charts))
+
+    def _log_config(self, config: dict[str, object]) -> None:
+        """``logger.log_hyperparams(config)`` (W&B: the run config; CSV: ``hparams.yaml``)."""
+        self.logger.log_hyperparams(config)
+
+    def _log_summary(self, values: dict[str, float | int]) -> None:  # noqa: B027 - optional: no-op by default
+        """Stores nothing: the backend keeps no run summary apart from its metrics."""
+
+    def _log_charts(self, charts: dict[str, dict[str, list[str]]]) -> None:  # noqa: B027 - optional: no-op
+        """Stores nothing: the backend cannot draw several keys on one chart from the log alone."""
 
     @abstractmethod
     def _log_scalars(self, values: dict[str, float], step: int) -> None: ...
@@ -117,6 +158,40 @@ def check_scalars(values: object) -> dict[str, float]:
         if not is_real(value):
             raise TypeError(f"Expected `values[{key!r}]` to be a real number (NaN allowed), but got {value!r}.")
         checked[key] = float(value)
+    return checked
+
+
+def check_summary(values: object) -> dict[str, float | int]:
+    """As :func:`check_scalars`, but integers stay ``int`` (a step reads as ``12``, not ``12.0``)."""
+    checked = check_scalars(values)
+    assert isinstance(values, Mapping)
+    return {key: int(values[key]) if is_int(values[key]) else value for key, value in checked.items()}
+
+
+def check_config(config: object) -> dict[str, object]:
+    """A non-empty mapping with non-empty str keys -> a dict (the values are the backend's business)."""
+    if not isinstance(config, Mapping) or not config or not all(isinstance(k, str) and k for k in config):
+        raise TypeError(f"Expected `config` to be a non-empty mapping with non-empty str keys, but got {config!r}.")
+    return dict(config)
+
+
+def check_charts(charts: object) -> dict[str, dict[str, list[str]]]:
+    """{section: {title: [key, ...]}} with non-empty strings everywhere and at least one key per chart."""
+    message = f"Expected `charts` to map section names to {{chart title: [scalar keys]}}, but got {charts!r}."
+    if not isinstance(charts, Mapping):
+        raise TypeError(message)
+    checked: dict[str, dict[str, list[str]]] = {}
+    for section, titled in charts.items():
+        if not isinstance(section, str) or not section or not isinstance(titled, Mapping):
+            raise TypeError(message)
+        checked[section] = {}
+        for title, keys in titled.items():
+            if (
+                not isinstance(title, str) or not title or isinstance(keys, (str, bytes))
+                or not isinstance(keys, Sequence) or not keys or not all(isinstance(k, str) and k for k in keys)
+            ):
+                raise TypeError(message)
+            checked[section][title] = list(keys)
     return checked
 
 

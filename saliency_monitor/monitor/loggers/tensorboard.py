@@ -1,14 +1,22 @@
-"""TensorBoard adapter: scalars, one image tag per picture, tables and captions as markdown text."""
+"""TensorBoard adapter: scalars, one image tag per picture, tables and captions as markdown text,
+multi-key charts as a custom-scalars layout."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import weakref
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from .base import Cell, LoggerAdapter
 
-__all__ = ["TensorBoardAdapter", "markdown_table"]
+__all__ = ["CONFIG_TAG", "TensorBoardAdapter", "flatten_config", "markdown_table"]
+
+CONFIG_TAG = "config"
+"""The text tag of the run's configuration."""
+_LAYOUTS: weakref.WeakKeyDictionary[object, dict[str, dict[str, list[str]]]] = weakref.WeakKeyDictionary()
+"""The custom-scalars layout last written, per SummaryWriter (adapters may be rebuilt at every log)."""
 
 
 class TensorBoardAdapter(LoggerAdapter):
@@ -19,7 +27,14 @@ class TensorBoardAdapter(LoggerAdapter):
     - images: ``SummaryWriter.add_image(f"{key}/{i}", image, step, dataformats="HWC")``, one tag
       per picture (stable across steps, so TensorBoard's step slider works), and the captions as
       one markdown table (image tag, caption) under ``f"{key}/captions"``;
-    - tables: ``add_text(key, markdown_table(columns, rows), step)``.
+    - tables: ``add_text(key, markdown_table(columns, rows), step)``;
+    - the configuration: one markdown table (name, value) of :func:`flatten_config` under the
+      text tag ``config``. Not ``log_hyperparams``: TensorBoard keeps a run's first hparams
+      session only, and the Trainer writes one (the module's hparams, even empty ones) before
+      any callback runs; ``hparams.yaml`` is written once, at that time, too;
+    - charts: ``add_custom_scalars`` (the Custom Scalars dashboard), one ``Multiline`` chart per
+      title whose tags are the keys as anchored regexes (``^key$``: TensorBoard searches), written
+      once per writer (again only when the charts change).
 
     Images and text are written to ``logger.experiment`` directly, without the logger's
     ``prefix``. The writer flushes on its own schedule (``flush_secs``) and on ``logger.save()``.
@@ -41,6 +56,31 @@ class TensorBoardAdapter(LoggerAdapter):
 
     def _log_table(self, key: str, columns: list[str], rows: list[list[Cell]], step: int) -> None:
         self.logger.experiment.add_text(key, markdown_table(columns, rows), global_step=step)
+
+    def _log_config(self, config: dict[str, object]) -> None:
+        rows: list[list[Cell]] = [[name, str(value)] for name, value in flatten_config(config).items()]
+        self.logger.experiment.add_text(CONFIG_TAG, markdown_table(["name", "value"], rows))
+
+    def _log_charts(self, charts: dict[str, dict[str, list[str]]]) -> None:
+        writer = self.logger.experiment
+        if _LAYOUTS.get(writer) == charts:
+            return
+        writer.add_custom_scalars({
+            section: {title: ["Multiline", [f"^{re.escape(key)}$" for key in keys]] for title, keys in titled.items()}
+            for section, titled in charts.items()
+        })
+        _LAYOUTS[writer] = charts
+
+
+def flatten_config(config: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    """Nested mappings as one level, names joined with ``/`` (``{"a": {"b": 1}}`` -> ``{"a/b": 1}``)."""
+    flat: dict[str, object] = {}
+    for name, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, f"{prefix}{name}/"))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
 
 
 def _markdown_cell(cell: Cell) -> str:
