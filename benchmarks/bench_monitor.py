@@ -13,7 +13,7 @@ so the script measures, in one run:
 - the training step (median of ``--repeat`` steps of a batch, forward + backward + SGD step);
 - one monitor evaluation (``saliency_run/time_s`` as the monitor logs it, median over the
   evaluations of a short fit: the baseline at fit start and one at each epoch end);
-- the one-off fit-start cost (probe draw + step calibration), from the fit's wall time;
+- the one-off fit-start cost (probe draw, step calibration, the one-probe check), from the fit's wall time;
 
 and prints the evaluation as a multiple of a training step and the monitor's share of a
 VOC2007-trainval-sized epoch at ``every_n_epochs=1``:
@@ -195,7 +195,7 @@ def main() -> None:
             ["training step (s), mean of the medians before and after the fits", f"{step_time:.3f}"],
             ["monitor evaluation (s), median of " + str(len(spy.times)), f"{evaluation:.2f}"],
             ["evaluation / training step", f"{evaluation / step_time:.1f}"],
-            ["fit-start cost: probe draw + step calibration (s)", f"{fit_start:.1f}"],
+            ["fit-start cost: probe draw + calibration + check (s)", f"{fit_start:.1f}"],
             ["calibrated meta_lr", f"{spy.meta_lr:.3g}"],
             [f"share of a VOC2007 trainval epoch ({steps_per_epoch} steps)", f"{100 * share:.1f}%"],
         ],
