@@ -33,6 +33,7 @@ from saliency_monitor.monitor.evaluation import (
 )
 from saliency_monitor.monitor.keys import COMBINED, MetricKey
 from saliency_monitor.monitor.probes import ProbeBatch
+from tests.conftest import randomize_batchnorm
 
 EPS = torch.finfo(torch.float32).eps
 LAYERS = ("input", "layer2", "layer3", "layer4", "avgpool")
@@ -45,23 +46,11 @@ DEGENERATE = {
 ZERO_PROBE = 3
 
 
-def randomise_batch_norms(model: nn.Module, generator: torch.Generator) -> None:
-    """Random affine parameters and running statistics: a zero image still gives spatial maps deeper."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                k = module.num_features
-                module.weight.copy_(1 + 0.3 * torch.randn(k, generator=generator))
-                module.bias.copy_(0.2 * torch.randn(k, generator=generator))
-                module.running_mean.copy_(0.2 * torch.randn(k, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(k, generator=generator))
-
-
 @pytest.fixture(scope="module")
 def resnet() -> nn.Module:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=5)
-    randomise_batch_norms(model, torch.Generator().manual_seed(0))
+    randomize_batchnorm(model, 0)  # a zero image still gives spatial maps deeper
     return model.eval()
 
 
