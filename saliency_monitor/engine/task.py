@@ -31,6 +31,14 @@ def class_loss(logits: Tensor, target: Tensor, task: str) -> Tensor:
     return F.softplus(-logits[target])  # BCE-with-logits toward 1
 
 
+def class_losses(logits: Tensor, classes: Tensor, task: str) -> Tensor:
+    """ℓ of class ``classes[n]`` for each row of (N, C) logits, as :func:`class_loss`: (N,) float32."""
+    logits = logits.float()
+    if task == "multiclass":
+        return F.cross_entropy(logits, classes, reduction="none")
+    return F.softplus(-logits.gather(1, classes[:, None])[:, 0])
+
+
 def class_probabilities(logits: Tensor, task: str) -> Tensor:
     """Softmax (``"multiclass"``) or sigmoid (``"multilabel"``) of (N, C) logits, in float32."""
     logits = logits.float()

@@ -132,6 +132,7 @@ def gather_evaluation(strategy: Any, local: SplitEvaluation, sizes: list[int]) -
         targets=gather(local.targets),
         prediction_difference=None if local.prediction_difference is None else gather(local.prediction_difference),
         probabilities=gather(local.probabilities),
+        losses=gather(local.losses),
         constant=map_each(local.constant, lambda flags: gather(flags.to(torch.uint8)).bool()),  # gloo: no bool
     )
 

@@ -45,7 +45,7 @@ from ..engine.compute import SaliencyMaps, SaliencyOptions, map_each, saliency_m
 from ..engine.methods import Method, with_sources
 from ..engine.model_io import model_logits
 from ..engine.smoothing import smoothing
-from ..engine.task import class_probabilities
+from ..engine.task import class_losses, class_probabilities
 from ..metrics import (
     class_sensitivity,
     drift,
@@ -149,6 +149,9 @@ class SplitEvaluation:
     """(N, 3) int64: label, max- and min-predicted class."""
     probabilities: Tensor
     """(N, C) float32: softmax (multiclass) or sigmoid (multilabel) of the logits."""
+    losses: Tensor
+    """(N,) float64: each probe's label-class loss, the meta step's own loss (softmax CE or BCE
+    toward 1, eval mode; :func:`~saliency_monitor.engine.task.class_losses`)."""
     nonfinite: dict[str, int] = field(default_factory=dict)
     """``f"{plain|meta}/{method}/{layer}"`` -> probes whose maps held inf/NaN (a meta step too
     large for the model overflows float32): their maps are NaN and their metrics NaN."""
@@ -186,6 +189,7 @@ class _Chunks:
     meta: list[SaliencyMaps] = field(default_factory=list)
     targets: list[Tensor] = field(default_factory=list)
     probabilities: list[Tensor] = field(default_factory=list)
+    losses: list[Tensor] = field(default_factory=list)
     differences: list[Tensor] = field(default_factory=list)
 
 
@@ -237,6 +241,7 @@ def evaluate_probes(
         meta_maps=_label_only(meta, logged) if meta is not None else None,
         targets=targets,
         probabilities=torch.cat(chunks.probabilities),
+        losses=torch.cat(chunks.losses),
         nonfinite=nonfinite,
         prediction_difference=torch.cat(chunks.differences).double() if chunks.differences else None,
         constant={
@@ -256,6 +261,7 @@ def _compute_chunks(
     for chunk, images in probe_chunks(model, probes, plan.batch_size):
         logits = model_logits(model, images, options.output_to_logits)
         targets, probabilities = label_max_min_targets(logits, chunk, plan.task)
+        chunks.losses.append(class_losses(logits, targets[:, LABEL], plan.task).double().cpu())
         if options.smooth == "forward":  # it changes the model's predictions: measure by how much
             with smoothing(model, "forward"):
                 smoothed = model_logits(model, images, options.output_to_logits)

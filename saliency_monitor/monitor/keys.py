@@ -12,14 +12,19 @@ key                                            value (means over the probes of a
 =============================================  ================================================
 ``Saliency/gap_{M}``                           train − val meta correlation of the combined map:
                                                the overfitting signal
+``Saliency/gap_loss``                          val − train mean label-class loss, beside it
 ``Saliency/meta_train_{M}``, ``meta_val_{M}``  its two sides (meta correlation, combined map)
 ``Saliency/sensitivity_{M}``                   class sensitivity of the combined map (val
                                                probes; train without val data)
-``Saliency/since_start_{M}``                   ρ of the label map now vs at fit start (val)
 ``Saliency/stability_{M}``                     ρ of the label map now vs the last evaluation (val)
 ``layer_{split}/{code}_{M}_{L}``               every metric of every layer (``L`` = ``all``:
                                                the combined map); codes in :data:`CODES`
+                                               (``start_{M}_all``: ρ of the label map now vs
+                                               at fit start)
+``layer_{split}/loss``                         the probes' mean label-class loss (the meta
+                                               step's own loss)
 ``layer_gap/gap_{M}_{L}``                      train − val meta correlation per layer
+``layer_{split}/lossr_{M}_all``                ρ across probes of the loss and 1 − meta correlation
 ``stderr/{key with / as _}``                   the standard error of each mean above
 ``saliency_run/{name}``                        ``time_s``, ``meta_lr``, ``errors``,
                                                ``prediction_difference_{split}``
@@ -48,6 +53,12 @@ COMBINED = "combined"
 """The layer name of the layer-combined map."""
 GAP = "meta_correlation_gap"
 """The metric name of train − val meta correlation (a key with no split)."""
+LOSS = "loss"
+"""The probes' mean label-class loss (a key with no method)."""
+LOSS_GAP = "loss_gap"
+"""val − train mean label-class loss (no split, no method): the loss's overfitting signal."""
+LOSS_AGREEMENT = "loss_rank_correlation"
+"""Spearman ρ across a split's probes between the label-class loss and 1 − meta correlation."""
 ALL_LAYERS = "all"
 """The combined map's layer label in keys."""
 STDERR = "stderr"
@@ -63,6 +74,7 @@ CODES = {
     "pointing_game": "pg",
     "relevance_ssim": "ssim",
     GAP: "gap",
+    LOSS_AGREEMENT: "lossr",
 }
 """The breakdown's short metric codes (chart titles stay distinguishable in leet's width)."""
 
@@ -133,10 +145,14 @@ class KeyLayout:
         """The string a logger receives for ``key`` (see the module docstring for the layout)."""
         if key.stderr:
             return f"{STDERR}/" + self.name(replace(key, stderr=False)).replace("/", "_")
+        headline = self.headline(key)
         if key.method is None:
+            if headline is not None:
+                return f"{HEADLINE}/{headline}"
+            if key.metric == LOSS and key.split is not None:
+                return f"layer_{key.split}/{LOSS}"
             suffix = "" if key.split is None else f"_{key.split}"
             return f"{RUN}/{key.metric}{suffix}"
-        headline = self.headline(key)
         if headline is not None:
             return f"{HEADLINE}/{headline}_{method_label(key.method)}"
         section = "gap" if key.split is None else key.split
@@ -144,16 +160,20 @@ class KeyLayout:
         return f"layer_{section}/{CODES[key.metric]}_{method_label(key.method)}_{layer}"
 
     def headline(self, key: MetricKey) -> str | None:
-        """The headline title of ``key`` (combined map only), or None when it belongs to the breakdown."""
-        if key.layer != COMBINED or key.stderr:
+        """The headline title of ``key`` (combined map only, and the loss), or None when it belongs
+        to the breakdown."""
+        if key.stderr:
+            return None
+        if key.metric == LOSS_GAP and key.split is None:
+            return "gap_loss"  # sorts right after the meta-correlation gaps
+        if key.layer != COMBINED:
             return None
         if key.metric == GAP and key.split is None:
             return "gap"
         if key.metric == "meta_correlation" and key.split is not None:
             return f"meta_{key.split}"
         if key.split == self.headline_split:
-            return {"class_sensitivity": "sensitivity", "drift_from_start": "since_start",
-                    "drift": "stability"}.get(key.metric)
+            return {"class_sensitivity": "sensitivity", "drift": "stability"}.get(key.metric)
         return None
 
 

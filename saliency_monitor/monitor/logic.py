@@ -62,19 +62,21 @@ class SaliencyMonitorLogic(_CallbackBase):
     ``L`` a layer's label, is :mod:`saliency_monitor.monitor.keys`):
 
     - the headline section, one screen at defaults: ``Saliency/gap_{M}`` (train − val meta
-      correlation of the combined map: the overfitting signal), ``Saliency/meta_train_{M}`` and
-      ``Saliency/meta_val_{M}`` (ρ between the label map and its meta map, supp. D: lower on
-      images the model has not fitted), ``Saliency/sensitivity_{M}`` (ρ between the max- and
-      min-class maps, §4.3: near 0 = the map depends on the class), ``Saliency/since_start_{M}``
-      and ``Saliency/stability_{M}`` (ρ of the label map now vs at fit start / at the last
-      evaluation), the last three on the val probes (train without val data);
+      correlation of the combined map: the overfitting signal), ``Saliency/gap_loss`` (val − train
+      mean label-class loss, beside it), ``Saliency/meta_train_{M}`` and ``Saliency/meta_val_{M}``
+      (ρ between the label map and its meta map, supp. D: lower on images the model has not
+      fitted), ``Saliency/sensitivity_{M}`` (ρ between the max- and min-class maps, §4.3: near 0 =
+      the map depends on the class) and ``Saliency/stability_{M}`` (ρ of the label map now vs the
+      last evaluation), the last two on the val probes (train without val data);
     - the breakdown ``layer_{train|val}/{code}_{M}_{L}`` of every metric at every layer and the
       combined map (``L = all``): class sensitivity ``cs``, its meta version ``mcs``, meta
       correlation ``mc``, ``drift``, drift from the start ``start``, total variation ``tv`` (noise
       of the standardised map, Smooth Deep Saliency), ``pg`` the pointing game (probes with
       boxes/masks: the map's peak within ``pointing_tolerance`` px of the class), ``ssim``
       (methods that refine another's maps: SSIM of the LRP map and its Salient Relevance map),
-      and ``layer_gap/gap_{M}_{L}``;
+      and ``layer_gap/gap_{M}_{L}``; ``layer_{split}/loss`` (the probes' mean label-class loss)
+      and ``layer_{split}/lossr_{M}_all`` (Spearman ρ across probes of the loss and 1 − meta
+      correlation);
     - ``stderr/...``: the standard error of each mean, in its own section;
     - ``saliency_run/time_s``, ``saliency_run/meta_lr``, ``saliency_run/errors`` (faults caught
       with ``on_error="warn"``), ``saliency_run/prediction_difference_{split}``

@@ -26,6 +26,8 @@ from ..engine.methods import MONITOR_METHODS, Method, get_method
 from .keys import (
     COMBINED,
     GAP,
+    LOSS,
+    LOSS_GAP,
     SPLITS,
     KeyLayout,
     MetricKey,
@@ -109,6 +111,10 @@ def _panels(
     both = set(SPLITS) <= set(splits)
     at, split = [*layers, COMBINED], layout.headline_split
     panels: dict[str, list[Any]] = {title: [] for title in SECTIONS}
+    if both:  # the loss's own signal first, then each method's gap beside it
+        panels["Overfitting"].append(line("val − train label-class loss", [layout.name(MetricKey(None, LOSS_GAP))]))
+        panels["Overfitting"].append(line("label-class loss (train, val)",
+                                          [layout.name(MetricKey(s, LOSS)) for s in SPLITS]))
     for m in methods:
         label = method_label(m)
         if both:

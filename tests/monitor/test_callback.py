@@ -31,10 +31,10 @@ START = "drift_from_start" in METRICS
 """Whether the evaluation computes drift from the fit start (its keys are expected only then)."""
 CODES = {"class_sensitivity": "cs", "meta_class_sensitivity": "mcs", "meta_correlation": "mc", "drift": "drift",
          "drift_from_start": "start", "total_variation": "tv", "pointing_game": "pg"}
-HEADLINE_TITLES = {"meta_train": "mc", "meta_val": "mc", "sensitivity": "cs", "since_start": "start",
-                   "stability": "drift", "gap": "gap"}
+HEADLINE_TITLES = {"meta_train": "mc", "meta_val": "mc", "sensitivity": "cs", "stability": "drift", "gap": "gap",
+                   "gap_loss": "lossgap"}
 """The headline's titles and the breakdown code of the metric each shows."""
-CORRELATIONS = ("cs", "mcs", "mc", "drift", "start")
+CORRELATIONS = ("cs", "mcs", "mc", "drift", "start", "lossr")
 
 
 def expected_keys(splits=("train", "val"), drift=True, pointing=False, meta=True, layers=LAYERS) -> set[str]:
@@ -56,8 +56,6 @@ def expected_keys(splits=("train", "val"), drift=True, pointing=False, meta=True
                         keys |= {f"Saliency/meta_{split}_{label}", f"stderr/Saliency_meta_{split}_{label}"}
                     elif layer == "all" and split == headline_split and metric == "class_sensitivity":
                         keys |= {f"Saliency/sensitivity_{label}", f"stderr/Saliency_sensitivity_{label}"}
-                    elif layer == "all" and split == headline_split and metric == "drift_from_start":
-                        keys |= {f"Saliency/since_start_{label}", f"stderr/Saliency_since_start_{label}"}
                     elif layer == "all" and split == headline_split and metric == "drift":
                         keys |= {f"Saliency/stability_{label}", f"stderr/Saliency_stability_{label}"}
                     else:
@@ -68,6 +66,11 @@ def expected_keys(splits=("train", "val"), drift=True, pointing=False, meta=True
                     keys |= {f"Saliency/gap_{label}", f"stderr/Saliency_gap_{label}"}
                 else:
                     keys |= {f"layer_gap/gap_{label}_{layer}", f"stderr/layer_gap_gap_{label}_{layer}"}
+        if meta:  # the loss against 1 - meta correlation, per split (no standard error)
+            keys |= {f"layer_{split}/lossr_{label}_all" for split in splits}
+    keys |= {f"layer_{split}/loss" for split in splits} | {f"stderr/layer_{split}_loss" for split in splits}
+    if set(splits) == {"train", "val"}:
+        keys |= {"Saliency/gap_loss", "stderr/Saliency_gap_loss"}
     return keys
 
 
@@ -79,7 +82,7 @@ def metric_code(key: str) -> str:
     if section == "saliency_run":
         return name
     if section == "Saliency":
-        (title,) = [t for t in HEADLINE_TITLES if name.startswith(f"{t}_")]
+        title = max((t for t in HEADLINE_TITLES if name == t or name.startswith(f"{t}_")), key=len)
         return HEADLINE_TITLES[title]
     return name.split("_")[0]
 
@@ -98,6 +101,10 @@ def check_ranges(metrics: dict[str, float]) -> None:
             assert value > 0, (key, value)
         elif metric == "gap":
             assert -2 <= value <= 2, (key, value)
+        elif metric == "loss":
+            assert value >= 0, (key, value)
+        elif metric == "lossgap":
+            assert math.isfinite(value), (key, value)
         else:
             assert metric in ("time_s", "meta_lr", "errors"), key
     for key, value in metrics.items():

@@ -28,7 +28,6 @@ LAYERS = ("model.layer2", "model.layer3", "model.layer4")
 BOTH = KeyLayout.of(LAYERS, ("train", "val"))
 TRAIN_ONLY = KeyLayout.of(LAYERS, ("train",))
 DEFAULT_METHODS = ("norm_grad_selective", "norm_grad")
-START = "drift_from_start" in METRICS
 """Whether the evaluation computes drift from the fit start (its keys are expected only then)."""
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_]+/[A-Za-z0-9_]+$")
 
@@ -36,13 +35,18 @@ KEY_PATTERN = re.compile(r"^[A-Za-z0-9_]+/[A-Za-z0-9_]+$")
 @pytest.mark.parametrize(
     ("key", "name"),
     [
-        # the headline: the combined map; sensitivity, since-start and stability on val
+        # the headline: the combined map; sensitivity and stability on val; the loss gap
         (MetricKey(None, GAP, "norm_grad_selective", COMBINED), "Saliency/gap_NGsel"),
         (MetricKey("train", "meta_correlation", "norm_grad_selective", COMBINED), "Saliency/meta_train_NGsel"),
         (MetricKey("val", "meta_correlation", "norm_grad", COMBINED), "Saliency/meta_val_NG"),
         (MetricKey("val", "class_sensitivity", "norm_grad", COMBINED), "Saliency/sensitivity_NG"),
-        (MetricKey("val", "drift_from_start", "norm_grad_selective", COMBINED), "Saliency/since_start_NGsel"),
         (MetricKey("val", "drift", "norm_grad_selective", COMBINED), "Saliency/stability_NGsel"),
+        (MetricKey(None, "loss_gap"), "Saliency/gap_loss"),
+        (MetricKey(None, "loss_gap").error(), "stderr/Saliency_gap_loss"),
+        (MetricKey("val", "drift_from_start", "norm_grad_selective", COMBINED), "layer_val/start_NGsel_all"),
+        (MetricKey("train", "loss"), "layer_train/loss"),
+        (MetricKey("val", "loss").error(), "stderr/layer_val_loss"),
+        (MetricKey("val", "loss_rank_correlation", "norm_grad", COMBINED), "layer_val/lossr_NG_all"),
         # the same metrics of the combined map on train are in the breakdown, layer "all"
         (MetricKey("train", "class_sensitivity", "norm_grad", COMBINED), "layer_train/cs_NG_all"),
         (MetricKey("train", "drift_from_start", "norm_grad_selective", COMBINED), "layer_train/start_NGsel_all"),
@@ -88,9 +92,9 @@ def test_name_on_a_train_and_val_fit(key: MetricKey, name: str) -> None:
 @pytest.mark.parametrize(
     ("key", "name"),
     [
-        # without val data the headline's sensitivity, since-start and stability are read on train
+        # without val data the headline's sensitivity and stability are read on train
         (MetricKey("train", "class_sensitivity", "norm_grad", COMBINED), "Saliency/sensitivity_NG"),
-        (MetricKey("train", "drift_from_start", "norm_grad", COMBINED), "Saliency/since_start_NG"),
+        (MetricKey("train", "drift_from_start", "norm_grad", COMBINED), "layer_train/start_NG_all"),
         (MetricKey("train", "drift", "norm_grad_selective", COMBINED), "Saliency/stability_NGsel"),
         (MetricKey("train", "meta_correlation", "norm_grad_selective", COMBINED), "Saliency/meta_train_NGsel"),
         (MetricKey("train", "meta_class_sensitivity", "norm_grad", COMBINED), "layer_train/mcs_NG_all"),
@@ -187,19 +191,18 @@ def fit_keys(
 
 HEADLINE = {
     "Saliency/gap_NGsel", "Saliency/meta_train_NGsel", "Saliency/meta_val_NGsel", "Saliency/sensitivity_NGsel",
-    "Saliency/since_start_NGsel", "Saliency/stability_NGsel",
+    "Saliency/stability_NGsel",
     "Saliency/gap_NG", "Saliency/meta_train_NG", "Saliency/meta_val_NG", "Saliency/sensitivity_NG",
-    "Saliency/since_start_NG", "Saliency/stability_NG",
+    "Saliency/stability_NG", "Saliency/gap_loss",
 }
-if not START:
-    HEADLINE -= {"Saliency/since_start_NGsel", "Saliency/since_start_NG"}
 
 
-def test_the_headline_at_the_defaults_is_twelve_keys_sorted_first() -> None:
-    names = [BOTH.name(key) for key in fit_keys(("train", "val"))]
+def test_the_headline_at_the_defaults_is_eleven_keys_sorted_first() -> None:
+    names = [BOTH.name(key) for key in fit_keys(("train", "val"))] + [BOTH.name(MetricKey(None, "loss_gap"))]
     assert len(set(names)) == len(names)  # no two numbers share a name
     headline = {name for name in names if name.startswith("Saliency/")}
-    assert headline == HEADLINE and len(headline) == (12 if START else 10)
+    assert headline == HEADLINE and len(headline) == 11  # one leet page (12 charts)
+    assert sorted(headline)[:3] == ["Saliency/gap_NG", "Saliency/gap_NGsel", "Saliency/gap_loss"]
     assert sorted(names)[: len(headline)] == sorted(headline)  # byte-wise: "Saliency" before lowercase sections
 
 
@@ -208,7 +211,6 @@ def test_the_headline_of_a_train_only_fit() -> None:
     assert len(set(names)) == len(names)
     expected = {"Saliency/meta_train_NGsel", "Saliency/sensitivity_NGsel", "Saliency/stability_NGsel",
                 "Saliency/meta_train_NG", "Saliency/sensitivity_NG", "Saliency/stability_NG"}
-    expected |= {"Saliency/since_start_NGsel", "Saliency/since_start_NG"} if START else set()
     assert {name for name in names if name.startswith("Saliency/")} == expected
 
 

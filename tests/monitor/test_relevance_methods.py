@@ -28,7 +28,7 @@ START = "drift_from_start" in METRICS
 def metric_keys(records: list, label: str) -> set[str]:
     """The metric codes of the breakdown keys (``layer_{split}/{code}_{label}_{layer}``) of one method."""
     return {key.split("/")[1].split("_")[0] for _, metrics in records for key in metrics
-            if key.startswith(("layer_train/", "layer_val/")) and key.split("/")[1].split("_")[1] == label}
+            if key.startswith(("layer_train/", "layer_val/")) and key.split("/")[1].split("_")[1:2] == [label]}
 
 
 def test_fit_with_salient_relevance_only_logs_its_metrics_and_the_ssim(tmp_path) -> None:
@@ -40,7 +40,7 @@ def test_fit_with_salient_relevance_only_logs_its_metrics_and_the_ssim(tmp_path)
     records = spy.saliency()
     keys = {key for _, metrics in records for key in metrics}
     assert not any("LRP" in key.split("/")[1].split("_") for key in keys)  # computed for the SSIM, not logged
-    expected = {"cs", "mcs", "mc", "tv", "drift", "ssim"} | ({"start"} if START else set())
+    expected = {"cs", "mcs", "mc", "tv", "drift", "ssim", "lossr"} | ({"start"} if START else set())
     assert metric_keys(records, "SalRel") == expected
     for split in ("train", "val"):
         for layer in LAYERS:

@@ -55,7 +55,10 @@ def test_overfitting_puts_train_and_val_meta_correlation_on_one_chart(offline: N
     layout = KeyLayout.of(LAYERS, SPLITS)
     overfitting = saliency_workspace("team", "voc", layers=LAYERS).sections[0]
     plots = [(panel.title, panel.x, panel.y) for panel in overfitting.panels]
-    expected = []
+    expected = [  # the loss's own overfitting signal first, then each method's gap
+        ("val − train label-class loss", STEP_METRIC, ["Saliency/gap_loss"]),
+        ("label-class loss (train, val)", STEP_METRIC, ["layer_train/loss", "layer_val/loss"]),
+    ]
     for method in MONITOR_METHODS:
         label = method_label(method)
         expected += [
@@ -66,7 +69,7 @@ def test_overfitting_puts_train_and_val_meta_correlation_on_one_chart(offline: N
              [name(layout, GAP, method, None, layer) for layer in (*LAYERS, COMBINED)]),
         ]
     assert plots == expected
-    assert all(len(key) <= 30 for _, _, keys in plots[:2] for key in keys)
+    assert all(len(key) <= 30 for _, _, keys in plots[:4] for key in keys)
 
 
 def test_the_layers_may_come_from_the_run_config(offline: None) -> None:
