@@ -11,16 +11,17 @@ reference values and a verdict computed from the numbers, and OUT/<name>.png):
   layers             §4.2, Table 3, supp. Table 6: pointing game per layer and layer combination
   class-sensitivity  §4.3 Fig. 6, §4.4 Fig. 7: ρ(max-class map, min-class map), plain and meta
   meta-gap           supp. D Fig. 10: ρ(map, meta map) on train vs val images, per checkpoint
+  gap-vs-loss        meta-gap's train − val gap vs the loss gap, AUCs, per-image Spearman
   randomization      §4.5: cascading model-weight randomisation (Adebayo et al. 2018)
   all                every analysis, plus OUT/README.md with every table and verdict
 
 Default (no model or data option): the synthetic VOC data of examples/voc_data.py and a
 ResNet-18 (64 px) trained by examples/voc_finetune.py with its offline defaults, trained once and
 cached with its per-epoch checkpoints under ~/.cache/saliency-monitor/reproduce/ (once: 464 s
-measured on 2 shared CPU cores; `all` then takes about 20 minutes there, most of it in meta-gap
-and randomization, whose meta maps need one inner step per image). Analyses use the VOC "test"
-split; weight fitting (layers) and the meta-gap's training images use "trainval", the split the
-model was trained on.
+measured on 2 shared CPU cores; `all` then takes about 20 minutes there before gap-vs-loss, most of
+it in meta-gap, gap-vs-loss and randomization, whose meta maps need one inner step per image).
+Analyses use the VOC "test" split; weight fitting (layers) and the training images of meta-gap and
+gap-vs-loss use "trainval", the split the model was trained on.
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ from saliency_monitor.monitor.probes import ProbeBatch
 
 from . import analyses as A
 from .data import folder_probes, voc_probes
+from .gap_vs_loss import gap_vs_loss
 from .models import DEFAULT_ARCH, DEFAULT_SIZE, TrainedRun, build_model, default_run, epoch_checkpoints, on_device
 from .report import WRITERS, Report, Setting, write_summary
 
 PROG = "python -m examples.reproduce"
-ANALYSES = ("identity", "layers", "class-sensitivity", "meta-gap", "randomization")
+ANALYSES = ("identity", "layers", "class-sensitivity", "meta-gap", "gap-vs-loss", "randomization")
 COMMANDS = (*ANALYSES, "all")
 
 
@@ -93,8 +95,9 @@ def _common_options() -> argparse.ArgumentParser:
     model.add_argument("--weights", help="a state dict / Lightning checkpoint path, a torchvision weights name "
                                          "(DEFAULT, IMAGENET1K_V1, ...), or 'none' (random init)")
     model.add_argument("--checkpoints", type=Path, nargs="+", metavar="PATH",
-                       help="meta-gap: checkpoints in training order, or a folder of them (sorted by name; the "
-                            "number in a name is its epoch); default: the default model's epochs, else --weights")
+                       help="meta-gap, gap-vs-loss: checkpoints in training order, or a folder of them (sorted by "
+                            "name; the number in a name is its epoch); default: the default model's epochs, else "
+                            "--weights")
     model.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     data = common.add_argument_group("data (default: the synthetic VOC set the default model was trained on)")
     source = data.add_mutually_exclusive_group()
@@ -292,6 +295,11 @@ def run_analysis(name: str, ctx: Context) -> tuple[object, float]:
             raise SystemExit("meta-gap: needs training images (--train-images with --images).")
         result = A.meta_gap(ctx.checkpoint_models(), ctx.train_probes, probes, layers, meta_lr=args.meta_lr,
                             batch_size=args.batch_size, **methods)
+    elif name == "gap-vs-loss":
+        if ctx.train_probes is None:
+            raise SystemExit("gap-vs-loss: needs training images (--train-images with --images).")
+        result = gap_vs_loss(ctx.checkpoint_models(), ctx.train_probes, probes, layers, meta_lr=args.meta_lr,
+                             batch_size=args.batch_size, **methods)
     else:
         result = A.randomization(ctx.model, probes, layers, meta_lr=args.meta_lr, seed=args.seed,
                                  batchnorm=args.batchnorm, **methods)
@@ -302,7 +310,7 @@ def _skip_reason(name: str, ctx: Context) -> str | None:
     """Why ``all`` skips analysis ``name`` with this data, or None."""
     if name == "layers" and ctx.probes.boxes is None:
         return "the pointing game needs boxes (--voc-root)"
-    if name == "meta-gap" and ctx.train_probes is None:
+    if name in ("meta-gap", "gap-vs-loss") and ctx.train_probes is None:
         return "needs training images (--train-images)"
     return None
 

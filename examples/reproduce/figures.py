@@ -15,6 +15,8 @@ from . import analyses as A
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from .gap_vs_loss import GapVsLossResult
+
 
 def _pyplot() -> ModuleType:
     """``matplotlib.pyplot`` on the non-interactive Agg backend (imported on first use)."""
@@ -117,4 +119,28 @@ def randomization_figure(analysis: A.RandomizationAnalysis, path: Path) -> None:
         ax.set_xticks(range(len(result.steps)), result.steps, rotation=90, fontsize=6)
         ax.set(title=f"cascading randomisation, maps at {layer}", ylabel="ρ with the trained model's map")
         ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def gap_vs_loss_figure(result: GapVsLossResult, path: Path) -> None:
+    """Per method: meta gap (left axis) and loss gap (right axis) per epoch ± SE; below, both AUCs."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, len(result.methods), figsize=(5.5 * len(result.methods), 7), squeeze=False)
+    for (top, bottom), method in zip(axes.T, result.methods, strict=True):
+        stats = result.series(method)
+        loss_axis = top.twinx()
+        for ax, key, color, label in ((top, "meta_gap", "tab:blue", "meta gap ρ train − val"),
+                                      (loss_axis, "loss_gap", "tab:red", "loss gap val − train")):
+            mean = torch.tensor([getattr(s, key)[0] for s in stats])
+            se = torch.tensor([getattr(s, key)[1] for s in stats]).nan_to_num(0)
+            ax.plot(result.epochs, mean, marker="o", color=color, label=label)
+            ax.fill_between(result.epochs, mean - se, mean + se, color=color, alpha=0.2)
+            ax.set_ylabel(label, color=color)
+        top.axhline(0, color="k", lw=0.8)
+        top.set(title=f"{method} (combined map)", xlabel="epoch")
+        bottom.plot(result.epochs, [s.auc_rho for s in stats], marker="o", label="AUC(1 − ρ)")
+        bottom.plot(result.epochs, [s.auc_loss for s in stats], marker="s", label="AUC(loss)")
+        bottom.axhline(0.5, color="k", ls="--", lw=0.8, label="chance")
+        bottom.set(xlabel="epoch", ylabel="AUC, val vs train images", ylim=(0, 1.02))
+        bottom.legend(fontsize=7)
     _save(fig, path)

@@ -13,11 +13,13 @@ from saliency_monitor.metrics import PointingGameResult, mean_stderr
 
 from . import analyses as A
 from . import figures
+from .gap_vs_loss import GapVsLossResult
 from .pointing import pointing_pairs, pointing_se
 from .verdicts import (
     SCRAMBLED,
     best_combination,
     class_sensitivity_verdict,
+    gap_vs_loss_verdict,
     identity_verdict,
     layers_verdict,
     meta_gap_verdict,
@@ -237,6 +239,38 @@ def write_meta_gap(result: A.MetaGapResult, out: Path, setting: Setting) -> Repo
                    meta_gap_verdict(result), partial(figures.meta_gap_figure, result))
 
 
+# ----- gap vs loss
+
+
+def write_gap_vs_loss(result: GapVsLossResult, out: Path, setting: Setting) -> Report:
+    """OUT/gap_vs_loss.md: per checkpoint the meta gap, the loss gap, both AUCs and the per-image Spearman."""
+    rows = []
+    for method in result.methods:
+        for epoch, s in zip(result.epochs, result.series(method), strict=True):
+            rows.append([method, str(epoch), _pm(*s.meta_gap), _pm(*s.loss_gap), f"{s.auc_rho:.3f}",
+                         f"{s.auc_loss:.3f}", f"{s.spearman_all:+.3f}", f"{s.spearman_val:+.3f}",
+                         f"{s.counts[0]} / {s.counts[1]}"])
+    loss = "softplus(−z_label), the BCE of the label logit toward 1" if result.task == "multilabel" else \
+        "the cross-entropy of the label class"
+    body = [
+        f"Per checkpoint and image, on the meta-gap's training and validation images: ρ = Spearman ρ between the "
+        f"combined map (uniform sum over {', '.join(f'`{n}`' for n in result.layers)}) of the label class and its "
+        f"meta map (lr {result.meta_lr:g}), exactly as in meta-gap; loss = the meta step's own loss of that image "
+        f"and class at the checkpoint ({result.task} task: {loss}; the label class is the true class the model "
+        "scores highest). Meta gap = mean ρ train − val; loss gap = mean loss **val − train**, so both are "
+        "positive when the model fits its training images better; each ± √(SE_t² + SE_v²). AUC: how well a score "
+        "tells validation (positive) from training images, Mann–Whitney U / (n_t n_v), ties ½ (0.5 = chance). "
+        "Spearman: per image, between the loss and 1 − ρ, over all images of the checkpoint and over the "
+        "validation images only.", "",
+        _md_table(["method", "epoch", "meta gap (ρ)", "loss gap", "AUC(1 − ρ)", "AUC(loss)", "Spearman all",
+                   "Spearman val", "N train / val"], rows), "",
+        "Paper: no counterpart (supp. D shows the train/val ρ gap, not how it compares with the loss). The "
+        "verdict below only reports these numbers.",
+    ]
+    return _finish(out, "gap_vs_loss", setting, "Meta-correlation gap vs loss gap", body,
+                   gap_vs_loss_verdict(result), partial(figures.gap_vs_loss_figure, result))
+
+
 # ----- randomization
 
 
@@ -284,7 +318,7 @@ def _randomization_summary(analysis: A.RandomizationAnalysis) -> str:
 
 WRITERS: dict[str, Callable[[Any, Path, Setting], Report]] = {
     "identity": write_identity, "layers": write_layers, "class-sensitivity": write_class_sensitivity,
-    "meta-gap": write_meta_gap, "randomization": write_randomization,
+    "meta-gap": write_meta_gap, "gap-vs-loss": write_gap_vs_loss, "randomization": write_randomization,
 }
 """Analysis name -> the writer of its result's report."""
 

@@ -9,6 +9,7 @@ import torch
 from saliency_monitor.metrics import PointingGameResult, mean_stderr
 
 from . import analyses as A
+from .gap_vs_loss import GapVsLossResult, spearman
 
 SCRAMBLED = 0.3
 """Randomisation: a mean ρ below this counts as 'scrambled' (the paper judges by eye)."""
@@ -118,3 +119,25 @@ def randomization_verdict(analysis: A.RandomizationAnalysis) -> str:
                           f"layers, by {sum(diffs) / len(diffs):+.3f} on average "
                           f"({'holds' if holds else 'does not hold'}; criterion ≥ 75% of layers)")
     return "; ".join(claims) + "."
+
+
+def gap_vs_loss_verdict(result: GapVsLossResult) -> str:
+    """No paper claim: how closely the meta gap follows the loss gap, and which score separates train from val."""
+    parts = []
+    for method in result.methods:
+        stats = result.series(method)
+        meta, loss = (torch.tensor([getattr(s, k)[0] for s in stats]) for k in ("meta_gap", "loss_gap"))
+        both = sum(s.meta_gap[0] > 2 * s.meta_gap[1] and s.loss_gap[0] > 2 * s.loss_gap[1] for s in stats)
+        only_meta = sum(s.meta_gap[0] > 2 * s.meta_gap[1] and not s.loss_gap[0] > 2 * s.loss_gap[1] for s in stats)
+        wins = [s for s in stats if s.auc_rho > s.auc_loss]
+        best = max(stats, key=lambda s: s.auc_rho - s.auc_loss if not math.isnan(s.auc_rho - s.auc_loss) else -math.inf)
+        per_all = torch.tensor([s.spearman_all for s in stats]).nanmean()
+        per_val = torch.tensor([s.spearman_val for s in stats]).nanmean()
+        parts.append(
+            f"{method}: the meta gap follows the loss gap with Spearman {spearman(meta, loss):+.2f} over {len(stats)} "
+            f"checkpoints; both gaps > 2 SE at {both}, the meta gap alone at {only_meta}; AUC(1 − ρ) > AUC(loss) at "
+            f"{len(wins)} of {len(stats)} checkpoints (largest difference {best.auc_rho - best.auc_loss:+.2f}: "
+            f"{best.auc_rho:.2f} vs {best.auc_loss:.2f}); per-image Spearman(loss, 1 − ρ) averages "
+            f"{float(per_all):+.2f} over all images and {float(per_val):+.2f} over validation images"
+        )
+    return "; ".join(parts) + "."

@@ -210,13 +210,13 @@ def test_cli_all_end_to_end(voc_root, resnet_weights, tmp_path, capsys) -> None:
         "--num-images", "2", "--image-size", str(SIZE), "--out", str(out), "--layers", "conv1", "layer2.0.conv1",
         "--checkpoints", str(resnet_weights), "--batchnorm", "keep", "--methods", "linear_approx", "norm_grad",
     ])
-    assert list(reports) == ["identity", "layers", "class-sensitivity", "meta-gap", "randomization"]
-    for name in ("identity", "layers", "class_sensitivity", "meta_gap", "randomization"):
+    assert list(reports) == ["identity", "layers", "class-sensitivity", "meta-gap", "gap-vs-loss", "randomization"]
+    for name in ("identity", "layers", "class_sensitivity", "meta_gap", "gap_vs_loss", "randomization"):
         text = (out / f"{name}.md").read_text()
         assert "| " in text and "**Verdict.**" in text and "Paper" in text and " ± " in text
         assert Image.open(out / f"{name}.png").size[0] > 100
     readme = (out / "README.md").read_text()
-    assert "python -m examples.reproduce all --arch resnet18" in readme and readme.count("**Verdict.**") == 5
+    assert "python -m examples.reproduce all --arch resnet18" in readme and readme.count("**Verdict.**") == 6
     assert "Data: VOC 2007 at" in readme and "2 images at 32 px" in readme
     assert "identity: " in capsys.readouterr().out
 
@@ -258,8 +258,10 @@ def test_python_m_examples_reproduce_runs_the_cli(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([], "the following arguments are required: {identity,layers,class-sensitivity,meta-gap,randomization,all}"),
-        (["plot"], "argument {identity,layers,class-sensitivity,meta-gap,randomization,all}: invalid choice: 'plot'"),
+        ([], "the following arguments are required: {identity,layers,class-sensitivity,meta-gap,gap-vs-loss,"
+             "randomization,all}"),
+        (["plot"], "argument {identity,layers,class-sensitivity,meta-gap,gap-vs-loss,randomization,all}: invalid "
+                   "choice: 'plot'"),
         (["all", "--arch", "resnet9000", "--weights", "none"],
          "argument --arch: expected a torchvision classification model name such as resnet18, resnet50 or vgg16, "
          "but got 'resnet9000'"),
