@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytorch_lightning as pl
@@ -183,3 +184,28 @@ class DataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return multiclass_loaders(self.num_train, self.num_val)[1]
+
+
+class InjectedFault(nn.Module):
+    """Identity, except in a saliency pass (eval mode, autograd on) once armed; with ``rank``, only on
+    that process (``LOCAL_RANK``)."""
+
+    def __init__(self, rank: int | None = None, armed: bool = False) -> None:
+        super().__init__()
+        self.rank, self.armed = rank, armed
+
+    def forward(self, x: Tensor) -> Tensor:
+        here = self.rank is None or int(os.environ.get("LOCAL_RANK", 0)) == self.rank
+        if self.armed and here and not self.training and torch.is_grad_enabled():
+            raise RuntimeError("injected fault" + ("" if self.rank is None else f" on rank {self.rank}"))
+        return x
+
+
+class ArmFaults(pl.Callback):
+    """Arms the injected faults after the monitor's fit start (its check and baseline): faults during training."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for module in pl_module.modules():
+            if isinstance(module, InjectedFault):
+                module.armed = True
+

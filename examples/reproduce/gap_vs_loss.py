@@ -5,7 +5,7 @@ combined map and meta step as :func:`examples.reproduce.analyses.meta_gap`), per
 
 - ρ: Spearman ρ between the combined (uniform-sum) map of the label class and its meta map;
 - loss: the meta step's own loss of that image and class at the checkpoint,
-  :func:`saliency_monitor.engine.task.class_loss` (multilabel: softplus(−z_label), the BCE of the
+  :func:`saliency_monitor.engine.task.class_losses` (multilabel: softplus(−z_label), the BCE of the
   label logit toward 1; multiclass: the cross-entropy), the label class being
   :func:`saliency_monitor.monitor.probes.label_max_min_targets`'s (multilabel: the true class
   the model scores highest).
@@ -28,7 +28,7 @@ from scipy.stats import spearmanr
 from torch import Tensor, nn
 
 from saliency_monitor.engine.model_io import model_logits
-from saliency_monitor.engine.task import class_loss
+from saliency_monitor.engine.task import class_losses
 from saliency_monitor.metrics import mean_stderr
 from saliency_monitor.monitor.probes import ProbeBatch, label_max_min_targets, probe_chunks
 
@@ -148,5 +148,5 @@ def label_losses(model: nn.Module, probes: ProbeBatch, batch_size: int = 16) -> 
     for chunk, images in probe_chunks(model, probes, batch_size):
         logits = model_logits(model, images)
         targets = label_max_min_targets(logits, chunk, chunk.task)[0][:, 0]
-        out += [class_loss(row, target, chunk.task).double().cpu() for row, target in zip(logits, targets, strict=True)]
-    return torch.stack(out).reshape(-1)
+        out.append(class_losses(logits, targets, chunk.task).double().cpu())
+    return torch.cat(out)

@@ -107,13 +107,18 @@ def method_label(method: str | Method) -> str:
     return get_method(method).label
 
 
-def layer_labels(layers: Sequence[str]) -> list[str]:
-    """Layer names without their common dotted prefix (``model.layer1`` -> ``layer1``), dots as ``_``."""
+def short_names(layers: Sequence[str]) -> list[str]:
+    """Layer names without their common dotted prefix (``model.layer1`` -> ``layer1``)."""
     parts = [name.split(".") for name in layers]
     common = 0
     while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
         common += 1
-    return [_sanitize("_".join(p[common:])) for p in parts]
+    return [".".join(p[common:]) for p in parts]
+
+
+def layer_labels(layers: Sequence[str]) -> list[str]:
+    """:func:`short_names` as key labels: anything but letters, digits and ``_`` as ``_``."""
+    return [_sanitize(name) for name in short_names(layers)]
 
 
 def _sanitize(text: str) -> str:

@@ -12,7 +12,7 @@ from ..metrics import mean_stderr, rank_correlation, rank_data
 from ..metrics.maps import constant_maps
 from .degenerate import left_out
 from .evaluation import LABEL, MAX, METRICS, MIN, EvaluationPlan, SplitEvaluation, summarize
-from .keys import COMBINED, GAP, LOSS, LOSS_AGREEMENT, LOSS_GAP, MetricKey, column_name
+from .keys import COMBINED, GAP, LOSS, LOSS_AGREEMENT, LOSS_GAP, MetricKey, column_name, short_names
 from .probes import ProbeBatch
 from .publish import Pictures
 from .render import GridRow, saliency_grid
@@ -157,12 +157,3 @@ def probe_table(
         row += [float(residual[i]) for residual in residuals.values()]
         rows.append(row)
     return columns, rows
-
-
-def short_names(layers: Sequence[str]) -> list[str]:
-    """Layer names without their common dotted prefix (``model.layer1`` -> ``layer1``)."""
-    parts = [name.split(".") for name in layers]
-    common = 0
-    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
-        common += 1
-    return [".".join(p[common:]) for p in parts]

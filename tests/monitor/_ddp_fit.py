@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -23,31 +22,7 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 
 from saliency_monitor import SaliencyMonitor
-from tests._fits import Classifier, is_saliency_key, multiclass_loaders
-
-
-class FailsOnRank(torch.nn.Module):
-    """Identity, except in a saliency pass (eval mode, autograd on) on one rank once armed."""
-
-    def __init__(self, rank: int, armed: bool) -> None:
-        super().__init__()
-        self.rank = rank
-        self.armed = armed
-
-    def forward(self, x):
-        rank = int(os.environ.get("LOCAL_RANK", 0))
-        if self.armed and not self.training and torch.is_grad_enabled() and rank == self.rank:
-            raise RuntimeError(f"injected fault on rank {self.rank}")
-        return x
-
-
-class Arm(pl.Callback):
-    """Arms the fault after the monitor's fit start (its check and baseline pass)."""
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        for module in pl_module.modules():
-            if isinstance(module, FailsOnRank):
-                module.armed = True
+from tests._fits import ArmFaults, Classifier, InjectedFault, is_saliency_key, multiclass_loaders
 
 
 def main() -> None:
@@ -62,12 +37,12 @@ def main() -> None:
     pl.seed_everything(0, verbose=False)
     model = Classifier()
     if args.fault_rank is not None:
-        model.net.stage2.append(FailsOnRank(args.fault_rank, armed=args.fault_at_fit_start))
+        model.net.stage2.append(InjectedFault(args.fault_rank, armed=args.fault_at_fit_start))
     monitor = SaliencyMonitor(num_train_probes=5, num_val_probes=3, meta_lr=0.05, num_logged_images=1)
     logger = CSVLogger(args.out, name="run", version=0)
     trainer = pl.Trainer(
         max_epochs=2, accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto",
-        logger=logger, callbacks=[monitor, Arm()], enable_checkpointing=False, enable_progress_bar=False,
+        logger=logger, callbacks=[monitor, ArmFaults()], enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
     )
     train, val = multiclass_loaders()

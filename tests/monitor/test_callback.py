@@ -19,7 +19,16 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from saliency_monitor import SaliencyMonitor
 from saliency_monitor.monitor import SaliencyMonitorWarning
 from saliency_monitor.monitor.evaluation import METRICS
-from tests._fits import Classifier, SpyLogger, is_saliency_key, multiclass_loaders, multilabel_loaders, trainer
+from tests._fits import (
+    ArmFaults,
+    Classifier,
+    InjectedFault,
+    SpyLogger,
+    is_saliency_key,
+    multiclass_loaders,
+    multilabel_loaders,
+    trainer,
+)
 
 METHODS = ("norm_grad_selective", "norm_grad")
 LABELS = ("NGsel", "NG")
@@ -370,34 +379,14 @@ def test_lightning_pytorch_namespace(tmp_path) -> None:
     assert sorted((Path(logger.log_dir) / "saliency_maps" / "train").glob("*.png"))
 
 
-class Explodes(torch.nn.Module):
-    """Identity, except in eval mode with autograd on (what only a saliency pass does) once armed."""
-
-    armed = False
-
-    def forward(self, x):
-        if self.armed and not self.training and torch.is_grad_enabled():
-            raise RuntimeError("injected fault")
-        return x
-
-
-class Arm(pl.Callback):
-    """Arms the faults after the monitor's fit start (its check and baseline): faults during training."""
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        for module in pl_module.modules():
-            if isinstance(module, Explodes):
-                module.armed = True
-
-
 def test_on_error_warn_keeps_training_and_counts_faults(tmp_path) -> None:
     model = Classifier()
-    model.net.stage2.append(Explodes())
+    model.net.stage2.append(InjectedFault())
     spy = SpyLogger()
     monitor = SaliencyMonitor(num_train_probes=2, num_val_probes=2, meta_lr=None, layers=["net.stem"])
     train, val = multiclass_loaders()
     with pytest.warns(SaliencyMonitorWarning, match="(?s)failed and was skipped.*RuntimeError: injected fault"):
-        fit = trainer(tmp_path, [monitor, Arm()], logger=spy)
+        fit = trainer(tmp_path, [monitor, ArmFaults()], logger=spy)
         fit.fit(model, train, val)
     assert fit.global_step == 6  # training went on
     errors = [metrics["saliency_run/errors"] for _, metrics in spy.saliency()]
@@ -407,7 +396,7 @@ def test_on_error_warn_keeps_training_and_counts_faults(tmp_path) -> None:
     model.net.stage2[-1].armed = False
     raising = SaliencyMonitor(num_train_probes=2, num_val_probes=2, meta_lr=None, layers=["net.stem"], on_error="raise")
     with pytest.raises(RuntimeError, match="injected fault"):
-        trainer(tmp_path, [raising, Arm()], logger=SpyLogger()).fit(model, train, val)
+        trainer(tmp_path, [raising, ArmFaults()], logger=SpyLogger()).fit(model, train, val)
     model.net.stage2[-1].armed = True  # a fault from fit start on: a configuration fault, whatever on_error says
     with pytest.raises(ValueError, match=r"(?s)RuntimeError: injected fault.*configuration fault"):
         monitor = SaliencyMonitor(num_train_probes=2, num_val_probes=2, meta_lr=None, layers=["net.stem"])
