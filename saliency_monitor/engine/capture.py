@@ -11,7 +11,7 @@ checkpoints run directly during the pass (:mod:`saliency_monitor.engine.checkpoi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,18 +46,29 @@ class Captured:
     layers: dict[str, Capture]
 
 
+def check_layer_output(name: str, output: object) -> Tensor:
+    """A layer's output must be a map: a 4-D (B, K, H, W) tensor."""
+    if not isinstance(output, Tensor) or output.ndim != 4:
+        got = f"shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(f"Expected layer {name!r} to output a 4-D (B, K, H, W) tensor, but got {got}.")
+    return output
+
+
 class LayerRecorder:
     """Forward hooks that keep each layer's output (with its graph) and optionally its input.
 
     The hook hands a *clone* of the output to the rest of the network, so in-place ops
     downstream (``out += identity``, ``ReLU(inplace=True)``) cannot overwrite the captured
-    tensor or re-point its ``grad_fn``; no module flag is toggled.
+    tensor or re-point its ``grad_fn``; no module flag is toggled. With ``perturbations``
+    (the functional form, for ``torch.func`` transforms) it hands on ``output + δ`` instead,
+    δ a zero tensor of the output's shape: d score / d δ is the gradient at the layer.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], keep_inputs: Collection[str],
-                 differentiable_images: bool = True):
+                 differentiable_images: bool = True, perturbations: Mapping[str, Tensor] | None = None):
         # integer images cannot require grad: an output that does not is made a leaf that does
         self.differentiable_images = differentiable_images
+        self.perturbations = perturbations
         self.modules = dict(model.named_modules())
         self.outputs: dict[str, Tensor] = {}
         self.versions: dict[str, int] = {}
@@ -76,11 +87,9 @@ class LayerRecorder:
                     "its activation is ambiguous (a module reused in forward, e.g. a shared "
                     "ReLU). Choose a module that runs once, such as its parent block."
                 )
-            if not isinstance(output, Tensor) or output.ndim != 4:
-                got = f"shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
-                raise ValueError(
-                    f"Expected layer {name!r} to output a 4-D (B, K, H, W) tensor, but got {got}."
-                )
+            output = check_layer_output(name, output)
+            if self.perturbations is not None:
+                return self._perturbed(name, args, output, keep_input)
             if not output.requires_grad and not self.differentiable_images:
                 output = output.detach().requires_grad_(True)
             if not output.requires_grad:
@@ -88,15 +97,29 @@ class LayerRecorder:
                     f"Expected the output of layer {name!r} to depend differentiably on the "
                     "images, but it does not require grad (is it detached or constant?)."
                 )
-            if keep_input:
-                if not args or not isinstance(args[0], Tensor):
-                    raise ValueError(f"Expected layer {name!r} to take a tensor as first input.")
-                self.inputs[name] = args[0].detach().clone()
-            self.outputs[name] = output
-            self.versions[name] = output._version
+            self._keep(name, args, output, keep_input)
             return output.clone()
 
         return hook
+
+    def _keep(self, name: str, args: tuple[object, ...], output: Tensor, keep_input: bool) -> None:
+        if keep_input:
+            if not args or not isinstance(args[0], Tensor):
+                raise ValueError(f"Expected layer {name!r} to take a tensor as first input.")
+            self.inputs[name] = args[0].detach().clone()
+        self.outputs[name] = output
+        self.versions[name] = output._version
+
+    def _perturbed(self, name: str, args: tuple[object, ...], output: Tensor, keep_input: bool) -> Tensor:
+        """``output + δ``: under ``torch.func.grad`` the gradient w.r.t. δ is the layer's gradient."""
+        assert self.perturbations is not None
+        if not torch.is_grad_enabled():
+            raise ValueError(
+                f"Expected the output of layer {name!r} to depend differentiably on the images, but the layer "
+                "runs with gradients disabled (inside torch.no_grad())."
+            )
+        self._keep(name, args, output, keep_input)
+        return output + self.perturbations[name]
 
     def check_complete(self, layers: Sequence[str]) -> None:
         """Errors unless every layer ran and no captured output was later modified in place."""

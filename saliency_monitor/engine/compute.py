@@ -8,7 +8,7 @@ them (the monitor, at every evaluation) never checks them again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,11 +20,19 @@ from .capture import Captured, capture
 from .layers import INPUT, check_layer_names, default_layers, validate_layer_names
 from .meta import (
     Parameters,
+    TargetPairs,
     check_meta_lr,
     check_meta_params,
     meta_capture,
-    meta_per_target,
+    meta_per_pair,
     stepped_parameter_names,
+)
+from .meta_vectorised import (
+    DEFAULT_META_MEMORY,
+    check_meta_batching,
+    check_meta_memory,
+    resolve_meta_batching,
+    vectorised_captures,
 )
 from .methods import DEFAULT_METHOD, GRADIENT, RELEVANCE, Method, parse_methods, with_sources
 from .model_io import OutputToLogits, check_images, normalize_targets
@@ -55,6 +63,8 @@ class SaliencyOptions:
     meta_lr: float | None = None
     task: str = "multiclass"
     meta_params: str = "all"
+    meta_batching: str = "auto"
+    meta_memory: int = DEFAULT_META_MEMORY
     output_size: tuple[int, int] | None = None
     output_to_logits: OutputToLogits | None = None
     smooth: str | None = None
@@ -69,6 +79,8 @@ def saliency_options(
     meta_lr: object = None,
     task: object = "multiclass",
     meta_params: object = "all",
+    meta_batching: object = "auto",
+    meta_memory: object = DEFAULT_META_MEMORY,
     output_size: object = None,
     output_to_logits: object = None,
     smooth: object = None,
@@ -90,6 +102,8 @@ def saliency_options(
         meta_lr=None if meta_lr is None else check_meta_lr(meta_lr),
         task=check_task(task),
         meta_params=check_meta_params(meta_params),
+        meta_batching=check_meta_batching(meta_batching),
+        meta_memory=check_meta_memory(meta_memory),
         output_size=normalize_size(output_size, "output_size"),
         output_to_logits=check_callable(output_to_logits, "output_to_logits"),
         smooth=check_smooth(smooth),
@@ -108,6 +122,8 @@ def compute_saliency(
     meta_lr: float | None = None,
     task: str = "multiclass",
     meta_params: str = "all",
+    meta_batching: str = "auto",
+    meta_memory: int = DEFAULT_META_MEMORY,
     output_size: int | tuple[int, int] | None = None,
     output_to_logits: OutputToLogits | None = None,
     smooth: str | None = None,
@@ -144,6 +160,13 @@ def compute_saliency(
             always backpropagates the class logit.
         meta_params: ``"all"`` parameters step (as in the paper) or only ``"trainable"``
             ones (``requires_grad=True``).
+        meta_batching: how the (image, target) pairs of meta-saliency run: ``"loop"`` one pair
+            at a time (a forward at θ shared by an image's targets), ``"vmap"`` all pairs of a
+            chunk in two ``torch.func.vmap``-ed passes
+            (:mod:`saliency_monitor.engine.meta_vectorised`; gradient methods only, relevance
+            methods keep the loop), ``"auto"``: vmap on CUDA, the loop elsewhere. Same maps.
+        meta_memory: bytes of stepped parameters (θ' of the pairs) the vmap path holds at a
+            time; a chunk is ``meta_memory // bytes of the parameters`` pairs (default 2 GiB).
         output_size: if given, maps are upsampled bilinearly to it (int or (h, w));
             otherwise they keep the layer's resolution.
         output_to_logits: for models whose output is not the logits tensor (a dict, a
@@ -165,7 +188,8 @@ def compute_saliency(
         ``maps[method][layer]``: float32 (B, T, h, w), detached, on the images' device.
     """
     options = saliency_options(
-        layers, methods, meta_lr=meta_lr, task=task, meta_params=meta_params, output_size=output_size,
+        layers, methods, meta_lr=meta_lr, task=task, meta_params=meta_params, meta_batching=meta_batching,
+        meta_memory=meta_memory, output_size=output_size,
         output_to_logits=output_to_logits, smooth=smooth, lrp_composite=lrp_composite, context_size=context_size,
     )
     return saliency_maps(model, images, targets, options)
@@ -224,11 +248,17 @@ def _gradient_maps(
         captured = capture(model, images, targets, layers, keep_inputs=keep_inputs, output_to_logits=to_logits,
                            smooth=smooth)
         return _aggregate(captured, methods, layers)
-    rows: list[list[SaliencyMaps]] = [[] for _ in range(images.shape[0])]
-    for b, at_theta in meta_capture(model, images, targets, layers, lr=options.meta_lr, task=options.task, names=names,
-                                    keep_inputs=keep_inputs, output_to_logits=to_logits, smooth=smooth):
-        rows[b].append(_aggregate(at_theta, methods, layers))
-    return {m.name: {layer: _cat_rows([[part[m.name][layer] for part in row] for row in rows]) for layer in layers}
+    pairs, lr, task = TargetPairs.of(targets), options.meta_lr, options.task
+    captures: Iterable[Captured]
+    if resolve_meta_batching(options.meta_batching, images.device) == "vmap":
+        captures = vectorised_captures(model, images, pairs, layers, lr=lr, task=task, names=names,
+                                       keep_inputs=keep_inputs, output_to_logits=to_logits, smooth=smooth,
+                                       memory=options.meta_memory)
+    else:
+        captures = meta_capture(model, images, pairs, layers, lr=lr, task=task, names=names, keep_inputs=keep_inputs,
+                                output_to_logits=to_logits, smooth=smooth)
+    per_pair = [_aggregate(captured, methods, layers) for captured in captures]  # (P_chunk, 1, h, w) each
+    return {m.name: {layer: _by_target(pairs, [part[m.name][layer] for part in per_pair]) for layer in layers}
             for m in methods}
 
 
@@ -236,7 +266,8 @@ def _relevance_maps(
     model: nn.Module, images: Tensor, targets: Tensor, layers: list[str], methods: list[Method],
     names: list[str] | None, options: SaliencyOptions,
 ) -> SaliencyMaps:
-    """LRP maps (at θ, or at every (image, target)'s θ' for meta), then each method's refinement."""
+    """LRP maps (at θ, or at every (image, target)'s θ' for meta, a pair at a time), then each
+    method's refinement."""
     relevance_model = RelevanceModel(model, options.lrp_composite, options.output_to_logits)
     if names is None or options.meta_lr is None:
         lrp = relevance_model.maps(images, targets, layers)
@@ -245,11 +276,10 @@ def _relevance_maps(
             with relevance_model.at(theta):
                 return relevance_model.maps(image, target, layers)
 
-        rows: list[list[dict[str, Tensor]]] = [[] for _ in range(images.shape[0])]
-        for b, per_layer in meta_per_target(model, images, targets, at_theta, lr=options.meta_lr, task=options.task,
-                                            names=names, output_to_logits=options.output_to_logits):
-            rows[b].append(per_layer)
-        lrp = {layer: _cat_rows([[part[layer] for part in row] for row in rows]) for layer in layers}
+        pairs = TargetPairs.of(targets)
+        per_pair = list(meta_per_pair(model, images, pairs, at_theta, lr=options.meta_lr, task=options.task,
+                                      names=names, output_to_logits=options.output_to_logits))
+        lrp = {layer: _by_target(pairs, [part[layer] for part in per_pair]) for layer in layers}
     return {method.name: {layer: method.refined(value, options.context_size) for layer, value in lrp.items()}
             for method in methods}
 
@@ -263,6 +293,6 @@ def _aggregate(captured: Captured, methods: list[Method], layers: list[str]) -> 
         }
 
 
-def _cat_rows(rows: list[list[Tensor]]) -> Tensor:
-    """Per image b a list of (1, 1, h, w) maps (one per target) -> (B, T, h, w)."""
-    return torch.cat([torch.cat(row, dim=1) for row in rows])
+def _by_target(pairs: TargetPairs, chunks: list[Tensor]) -> Tensor:
+    """Per-pair maps, (P_i, 1, h, w) chunks in pair order -> (B, T, h, w) by ``pairs.index``."""
+    return torch.cat(chunks)[:, 0][pairs.index]

@@ -18,6 +18,7 @@ softplus(−logit_c). Both in eval mode.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
@@ -130,42 +131,65 @@ def for_each_step(
     return at_parameters(model, leaves, forward_and_steps)
 
 
-def meta_per_target(
+@dataclass(frozen=True)
+class TargetPairs:
+    """The distinct (image, class) pairs of (B, T) targets: a class repeated in an image's targets
+    (the label class is often the max-predicted one) is one pair, computed once."""
+
+    images: list[int]
+    """Image index b of each pair, ascending; an image's pairs in the order its classes first appear."""
+    classes: list[int]
+    """Class c of each pair."""
+    index: Tensor
+    """(B, T) int64: the pair of ``targets[b, t]``, so per-pair results ``r`` (P, ...) give ``r[index]`` (B, T, ...)."""
+
+    @classmethod
+    def of(cls, targets: Tensor) -> TargetPairs:
+        rows = targets.tolist()  # one host read of the (B, T) targets per call
+        images: list[int] = []
+        classes: list[int] = []
+        index = []
+        for b, row in enumerate(rows):
+            first = {c: len(images) + i for i, c in enumerate(dict.fromkeys(row))}
+            images += [b] * len(first)
+            classes += list(first)
+            index.append([first[c] for c in row])
+        return cls(images, classes, torch.tensor(index, dtype=torch.long, device=targets.device))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def meta_per_pair(
     model: nn.Module,
     images: Tensor,
-    targets: Tensor,
+    pairs: TargetPairs,
     compute: Callable[[Tensor, Tensor, Parameters], R],
     *,
     lr: float,
     task: str,
     names: Sequence[str],
     output_to_logits: OutputToLogits | None = None,
-) -> Iterator[tuple[int, R]]:
-    """For every image b and target index t, ``compute(image, target, θ'_{b,t})``.
+) -> Iterator[R]:
+    """For every pair (b, c) in order, ``compute(image_b, c, θ'_{b,c})``, one pair at a time.
 
-    ``image`` is (1, C, H, W), ``target`` (1, 1). Yields (b, result) in (b, t) order. Runs one
-    (image, target) at a time: a forward of the image at θ gives all its targets' θ'
-    (shared); a class repeated in an image's targets (e.g. the label class is also the
-    max-predicted class) is computed once. Eval mode, gradients enabled, inference mode off,
-    reentrant checkpoints run directly (:mod:`saliency_monitor.engine.checkpointing`).
+    ``image`` is (1, C, H, W), ``c`` (1, 1). A forward of the image at θ gives all its pairs'
+    θ' (shared). Eval mode, gradients enabled, inference mode off, reentrant checkpoints run
+    directly (:mod:`saliency_monitor.engine.checkpointing`).
     """
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model), checkpoints_run_directly():
-        images, targets = images.detach().clone(), targets.clone()
-        for b in range(images.shape[0]):
-            image = images[b : b + 1]
-            classes = list(dict.fromkeys(targets[b].tolist()))
-            unique = torch.tensor(classes, dtype=targets.dtype, device=targets.device)
-            results = for_each_step(model, image, unique, compute, lr=lr, task=task, names=names,
-                                    output_to_logits=output_to_logits)
-            done = dict(zip(classes, results))
-            for c in targets[b].tolist():
-                yield b, done[c]
+        images = images.detach().clone()
+        device = images.device
+        for b in dict.fromkeys(pairs.images):
+            classes = [c for i, c in zip(pairs.images, pairs.classes) if i == b]
+            yield from for_each_step(model, images[b : b + 1], torch.tensor(classes, device=device), compute, lr=lr,
+                                     task=task, names=names, output_to_logits=output_to_logits)
 
 
 def meta_capture(
     model: nn.Module,
     images: Tensor,
-    targets: Tensor,
+    pairs: TargetPairs,
     layers: Sequence[str],
     *,
     lr: float,
@@ -174,10 +198,9 @@ def meta_capture(
     keep_inputs: set[str],
     output_to_logits: OutputToLogits | None = None,
     smooth: str | None = None,
-) -> Iterator[tuple[int, Captured]]:
-    """For every image b and target index t, the capture of ``targets[b, t]`` at θ'_{b,t}
-    (one forward and one activation backward at each θ', see :func:`meta_per_target`).
-    Yields (b, capture with B = T = 1) in (b, t) order."""
+) -> Iterator[Captured]:
+    """For every pair (b, c) in order, the capture of c at θ'_{b,c} (B = T = 1): one forward and
+    one activation backward at each θ', one pair at a time (see :func:`meta_per_pair`)."""
 
     def at_theta(image: Tensor, target: Tensor, theta: Parameters) -> Captured:
         return at_parameters(model, theta, partial(
@@ -185,5 +208,5 @@ def meta_capture(
             smooth=smooth,
         ))
 
-    return meta_per_target(model, images, targets, at_theta, lr=lr, task=task, names=names,
-                           output_to_logits=output_to_logits)
+    return meta_per_pair(model, images, pairs, at_theta, lr=lr, task=task, names=names,
+                         output_to_logits=output_to_logits)

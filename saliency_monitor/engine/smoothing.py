@@ -55,11 +55,18 @@ def average_shifts(g: Tensor) -> Tensor:
 
 
 class _AverageGradient(torch.autograd.Function):
-    """Identity forward; backward replaces the incoming gradient by :func:`average_shifts`."""
+    """Identity forward; backward replaces the incoming gradient by :func:`average_shifts`.
+    In the ``setup_context`` form, with a generated vmap rule: usable under ``torch.func``."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: object, x: Tensor) -> Tensor:
+    def forward(x: Tensor) -> Tensor:
         return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx: object, inputs: tuple[Tensor], output: Tensor) -> None:
+        pass
 
     @staticmethod
     def backward(ctx: object, grad: Tensor) -> Tensor:
@@ -72,15 +79,16 @@ def phase_averaged_conv(conv: nn.Conv2d, x: Tensor, out_size: tuple[int, int]) -
     padded = F.pad(x, (pw, pw, ph, ph), mode="constant" if conv.padding_mode == "zeros" else conv.padding_mode)
     dense = F.conv2d(padded, conv.weight, conv.bias, 1, 0, conv.dilation, conv.groups)
     height, width = out_size
-    total = torch.zeros(*dense.shape[:2], height, width, dtype=dense.dtype, device=dense.device)
-    count = torch.zeros(1, 1, height, width, dtype=dense.dtype, device=dense.device)
-    for a in (0, 1):
-        for b in (0, 1):
-            phase = dense[..., a::2, b::2][..., :height, :width]
-            h, w = phase.shape[-2:]
-            total[..., :h, :w] += phase
-            count[..., :h, :w] += 1
+    phases = [dense[..., a::2, b::2][..., :height, :width] for a in (0, 1) for b in (0, 1)]
+    total = torch.stack([_pad_to(phase, height, width) for phase in phases]).sum(0)
+    ones = [torch.ones(phase.shape[-2:], dtype=dense.dtype, device=dense.device) for phase in phases]
+    count = torch.stack([_pad_to(one, height, width) for one in ones]).sum(0)  # phases falling outside count 0
     return total / count
+
+
+def _pad_to(phase: Tensor, height: int, width: int) -> Tensor:
+    """``phase`` zero-padded at the bottom and right to (height, width) (out-of-place: vmap-able)."""
+    return F.pad(phase, (0, width - phase.shape[-1], 0, height - phase.shape[-2]))
 
 
 @contextmanager

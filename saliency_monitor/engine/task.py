@@ -28,7 +28,7 @@ def class_loss(logits: Tensor, target: Tensor, task: str) -> Tensor:
     """ℓ(θ; x, c) for one image's logits (C,) and class c (0-d long tensor)."""
     if task == "multiclass":
         return F.cross_entropy(logits.unsqueeze(0), target.view(1))
-    return F.softplus(-logits[target])  # BCE-with-logits toward 1
+    return F.softplus(-logits.gather(0, target.view(1))[0])  # BCE-with-logits toward 1 (gather: vmap-able)
 
 
 def class_losses(logits: Tensor, classes: Tensor, task: str) -> Tensor:
