@@ -18,10 +18,13 @@ that class (a future torch) nothing is patched and torch's own error above names
 checkpointing at that moment would run its blocks directly too) and undone on exit, also on
 error.
 
-Non-reentrant checkpointing (``use_reentrant=False``) is left alone: it supports
-``autograd.grad``. It recomputes the block during the backward with the parameters the module
-holds at that time, so a pass at other parameters keeps its forward and backward inside one
-reparametrisation (:func:`saliency_monitor.engine.meta.at_parameters`).
+Non-reentrant checkpointing (``use_reentrant=False``) is left alone by the autograd passes: it
+supports ``autograd.grad``. It recomputes the block during the backward with the parameters the
+module holds at that time, so a pass at other parameters keeps its forward and backward inside one
+reparametrisation (:func:`saliency_monitor.engine.meta.at_parameters`). ``torch.func`` transforms
+refuse its saved-tensor hooks, so the vectorised meta path asks for ``non_reentrant=True``:
+``checkpoint`` then gets a generator that does nothing around the block (torch 2.4 to 2.x look
+``_checkpoint_without_reentrant_generator_impl`` up at every call; without it, torch's own error).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from contextlib import contextmanager
 
 import torch.utils.checkpoint
 
+_GENERATOR = "_checkpoint_without_reentrant_generator_impl"
 _INHERITED = object()
 """Marks an ``apply`` inherited from ``torch.autograd.Function`` (restored by deleting ours)."""
 
@@ -46,22 +50,32 @@ def _run_directly(function: Callable[..., object], preserve_rng_state: object, *
     return function(*args)
 
 
-@contextmanager
-def checkpoints_run_directly() -> Iterator[None]:
-    """Within the block, reentrant ``torch.utils.checkpoint`` calls run their function directly.
+def _no_checkpoint(function: object, args: object, kwargs: object, **options: object) -> Iterator[None]:
+    """The non-reentrant checkpoint's generator, doing nothing before and after the block."""
+    yield
 
-    Nested blocks are fine; the original ``CheckpointFunction.apply`` is restored on exit.
+
+@contextmanager
+def checkpoints_run_directly(non_reentrant: bool = False) -> Iterator[None]:
+    """Within the block, reentrant ``torch.utils.checkpoint`` calls (and non-reentrant ones if
+    ``non_reentrant``) run their function directly.
+
+    Nested blocks are fine; torch's functions are restored on exit.
     """
     function_class = getattr(torch.utils.checkpoint, "CheckpointFunction", None)
-    if function_class is None or not callable(getattr(function_class, "apply", None)):
-        yield  # torch's own error says what to do if a reentrant checkpoint is reached
-        return
-    previous = vars(function_class).get("apply", _INHERITED)
-    function_class.apply = staticmethod(_run_directly)
+    patch_class = function_class is not None and callable(getattr(function_class, "apply", None))
+    previous = vars(function_class).get("apply", _INHERITED) if patch_class else None
+    generator = getattr(torch.utils.checkpoint, _GENERATOR, None) if non_reentrant else None
+    if patch_class:
+        function_class.apply = staticmethod(_run_directly)  # type: ignore[union-attr]
+    if generator is not None:
+        setattr(torch.utils.checkpoint, _GENERATOR, _no_checkpoint)
     try:
-        yield
+        yield  # torch's own error says what to do if an unpatched checkpoint is reached
     finally:
+        if generator is not None:
+            setattr(torch.utils.checkpoint, _GENERATOR, generator)
         if previous is _INHERITED:
-            del function_class.apply
-        else:
-            function_class.apply = previous
+            del function_class.apply  # type: ignore[union-attr]
+        elif patch_class:
+            function_class.apply = previous  # type: ignore[union-attr]

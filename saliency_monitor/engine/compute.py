@@ -8,6 +8,7 @@ them (the monitor, at every evaluation) never checks them again.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -249,17 +250,24 @@ def _gradient_maps(
                            smooth=smooth)
         return _aggregate(captured, methods, layers)
     pairs, lr, task = TargetPairs.of(targets), options.meta_lr, options.task
-    captures: Iterable[Captured]
+
+    def by_target(captures: Iterable[Captured]) -> SaliencyMaps:
+        per_pair = [_aggregate(captured, methods, layers) for captured in captures]  # (P_chunk, 1, h, w) maps
+        return {m.name: {layer: _by_target(pairs, [part[m.name][layer] for part in per_pair]) for layer in layers}
+                for m in methods}
+
     if resolve_meta_batching(options.meta_batching, images.device) == "vmap":
-        captures = vectorised_captures(model, images, pairs, layers, lr=lr, task=task, names=names,
-                                       keep_inputs=keep_inputs, output_to_logits=to_logits, smooth=smooth,
-                                       memory=options.meta_memory)
-    else:
-        captures = meta_capture(model, images, pairs, layers, lr=lr, task=task, names=names, keep_inputs=keep_inputs,
-                                output_to_logits=to_logits, smooth=smooth)
-    per_pair = [_aggregate(captured, methods, layers) for captured in captures]  # (P_chunk, 1, h, w) each
-    return {m.name: {layer: _by_target(pairs, [part[m.name][layer] for part in per_pair]) for layer in layers}
-            for m in methods}
+        try:
+            return by_target(vectorised_captures(
+                model, images, pairs, layers, lr=lr, task=task, names=names, keep_inputs=keep_inputs,
+                output_to_logits=to_logits, smooth=smooth, memory=options.meta_memory))
+        except Exception as error:
+            if options.meta_batching != "auto":
+                raise
+            warnings.warn(f"meta_batching='auto': the vectorised meta path cannot run this model "
+                          f"({type(error).__name__}: {error}); running the loop.", stacklevel=4)
+    return by_target(meta_capture(model, images, pairs, layers, lr=lr, task=task, names=names,
+                                  keep_inputs=keep_inputs, output_to_logits=to_logits, smooth=smooth))
 
 
 def _relevance_maps(

@@ -84,7 +84,7 @@ def vectorised_captures(
     """For chunks of pairs in order, the captures of each pair's class at its θ'
     (B = chunk size, T = 1), two ``vmap``-ed passes per chunk (see the module docstring)."""
     per_chunk = max(1, memory // max(1, stepped_bytes(model, names)))
-    with torch.inference_mode(False), eval_mode(model), checkpoints_run_directly():
+    with torch.inference_mode(False), eval_mode(model), checkpoints_run_directly(non_reentrant=True):
         images = images.detach().clone()
         shapes = _layer_shapes(model, images[:1], layers, pairs.classes, output_to_logits)
         parameters = dict(model.named_parameters())
@@ -124,7 +124,7 @@ def _steps(
 
 def _captures(
     model: nn.Module, stepped: Parameters, images: Tensor, classes: Tensor, layers: Sequence[str],
-    shapes: dict[str, torch.Size], keep_inputs: set[str], to_logits: OutputToLogits | None,
+    shapes: dict[str, Tensor], keep_inputs: set[str], to_logits: OutputToLogits | None,
 ) -> Captured:
     """Forward at every θ'_p and d logit_{c_p} / d activation at every layer, vmapped over the pairs."""
     hidden = [n for n in layers if n != INPUT]
@@ -142,7 +142,7 @@ def _captures(
         return logits.gather(0, target.view(1))[0], (activations, recorder.inputs, logits)
 
     count = images.shape[0]
-    deltas = {n: images.new_zeros(count, *shapes[n]) for n in layers}
+    deltas = {n: shapes[n].new_zeros(count, *shapes[n].shape) for n in layers}
     batched = vmap(grad(score, argnums=3, has_aux=True), in_dims=(0, 0, 0, 0))
     with torch.enable_grad():
         gradients, (activations, inputs, logits) = batched(stepped, images, classes, deltas)
@@ -159,15 +159,16 @@ def _captures(
 
 def _layer_shapes(
     model: nn.Module, image: Tensor, layers: Sequence[str], classes: list[int], to_logits: OutputToLogits | None,
-) -> dict[str, torch.Size]:
-    """Each layer's output shape for one image (1, K, H, W), from one no-grad forward that also
-    checks the logits and the classes' range (inside ``vmap`` a bad index has no clear message)."""
-    shapes: dict[str, torch.Size] = {INPUT: image.shape} if INPUT in layers else {}
+) -> dict[str, Tensor]:
+    """Each layer's output for one image (1, K, H, W) as a one-element tensor expanded to its shape
+    (shape, dtype and device, no memory), from one no-grad forward that also checks the logits and
+    the classes' range (inside ``vmap`` a bad index has no clear message)."""
+    shapes: dict[str, Tensor] = {INPUT: image.new_empty(()).expand(image.shape)} if INPUT in layers else {}
     modules = dict(model.named_modules())
 
     def keep_shape(name: str) -> Callable[[nn.Module, object, object], None]:
         def hook(module: nn.Module, args: object, output: object) -> None:
-            shapes[name] = check_layer_output(name, output).shape
+            shapes[name] = check_layer_output(name, output).new_empty(()).expand(output.shape)
         return hook
 
     handles = [modules[n].register_forward_hook(keep_shape(n)) for n in layers if n != INPUT]

@@ -20,6 +20,7 @@ from torch import Tensor
 from .._checks import check_callable, check_choice, check_distinct, check_int, check_names, check_number
 from ..engine.compute import SaliencyOptions, saliency_options
 from ..engine.meta import check_meta_lr
+from ..engine.meta_vectorised import DEFAULT_META_MEMORY
 from ..engine.methods import MONITOR_METHODS
 from ..engine.relevance import DEFAULT_CONTEXT_SIZE
 from ..engine.task import TASKS
@@ -53,6 +54,12 @@ class MonitorConfig:
         task: ``"multiclass"`` or ``"multilabel"`` (the meta step's loss and how the label
             class is chosen); None = inferred from the labels.
         meta_params: parameters the meta step moves: ``"all"`` or ``"trainable"``.
+        meta_batching: how the meta maps' (probe, class) pairs run: ``"loop"`` (one at a time),
+            ``"vmap"`` (vectorised chunks, :mod:`saliency_monitor.engine.meta_vectorised`) or
+            ``"auto"`` (default: the loop on a CPU; elsewhere both are timed at fit start on
+            the probes and the faster is kept). Same maps either way.
+        meta_memory: bytes of θ' a vectorised chunk holds (pairs per chunk = ``meta_memory`` //
+            bytes of the stepped parameters; default 2 GiB).
         class_names: names for pictures and tables (default: the dataset's ``classes``
             attribute if it has one, else indices); also maps VOC annotation names to indices.
         batch_to_probe: callable turning one of your batches into ``(images, labels)``, for
@@ -88,6 +95,8 @@ class MonitorConfig:
     meta_lr: float | str | None = "calibrate"
     task: str | None = None
     meta_params: str = "all"
+    meta_batching: str = "auto"
+    meta_memory: int = DEFAULT_META_MEMORY
     class_names: Sequence[str] | None = None
     batch_to_probe: Callable[[Any], Any] | None = None
     output_to_logits: Callable[[Any], Tensor] | None = None
@@ -121,7 +130,8 @@ class MonitorConfig:
         layers = None if self.layers is None else check_names(self.layers, "layers")
         saliency = saliency_options(
             layers, check_names(self.methods, "methods"), task=self.task or "multiclass",
-            meta_params=self.meta_params, output_to_logits=self.output_to_logits, smooth=self.smooth,
+            meta_params=self.meta_params, meta_batching=self.meta_batching, meta_memory=self.meta_memory,
+            output_to_logits=self.output_to_logits, smooth=self.smooth,
             lrp_composite=self.lrp_composite, context_size=self.context_size,
         )
         set_("saliency", saliency)

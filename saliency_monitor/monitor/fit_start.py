@@ -19,14 +19,18 @@ from typing import TYPE_CHECKING, TypeVar, cast
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..engine.compute import saliency_maps
 from ..engine.layers import NO_GRAD_HINT, default_layers, usable_layers, validate_layer_names
+from ..engine.meta import DEFAULT_META_LR
+from ..engine.meta_vectorised import time_meta_batching
+from ..engine.model_io import device_and_dtype, model_logits
 from .config import MonitorConfig
 from .distributed import agree
 from .evaluation import DriftReference, EvaluationPlan, LabelMaps, evaluate_probes
 from .inputs import fit_options
 from .keys import SPLITS, KeyLayout
 from .meta_step import calibrate_meta_lr
-from .probes import ProbeBatch, draw_probes, load_probes, probe_chunks
+from .probes import ProbeBatch, draw_probes, label_max_min_targets, load_probes, probe_chunks
 from .resume import Resumed
 from .state import MonitorState
 from .trainer import WarnOnce, dataset_class_names, first_dataloader, optimizer_lr
@@ -126,11 +130,29 @@ def _plan(
         batch_size=config.probe_batch_size,
     )
     meta_lr = resumed.meta_lr()
+    if meta_lr is not None:
+        plan = _settle_meta_batching(module, first, plan)
     if meta_lr == "optimizer":
         meta_lr = optimizer_lr(trainer)
     elif meta_lr == "calibrate":
         meta_lr = calibrate_meta_lr(module, first, plan)
     return replace(plan, meta_lr=None if meta_lr is None else float(meta_lr))
+
+
+def _settle_meta_batching(module: nn.Module, probes: ProbeBatch, plan: EvaluationPlan) -> EvaluationPlan:
+    """``meta_batching="auto"`` settled: the loop on a CPU (FLOP-bound: the loop is faster there);
+    on other devices the faster of the loop and vmap, timed on up to 4 probes' label-class meta maps."""
+    options = plan.saliency
+    if options.meta_batching != "auto":
+        return plan
+    chosen = "loop"
+    if device_and_dtype(module)[0].type != "cpu":
+        _, images = next(probe_chunks(module, probes.select(list(range(min(4, len(probes))))), 4))
+        labels = label_max_min_targets(model_logits(module, images, options.output_to_logits), probes, plan.task)[0]
+        seconds = time_meta_batching(lambda batching: saliency_maps(
+            module, images, labels[:, :1], replace(options, meta_lr=DEFAULT_META_LR, meta_batching=batching)))
+        chosen = min(seconds, key=lambda batching: seconds[batching])
+    return replace(plan, saliency=replace(options, meta_batching=chosen))
 
 
 def _warn_if_one_hot(state: MonitorState, task: str, trainer: pl.Trainer, warn: WarnOnce) -> None:

@@ -20,6 +20,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from ..engine.layers import validate_layer_names
+from ..engine.meta_vectorised import DEFAULT_META_MEMORY
 from ..engine.methods import MONITOR_METHODS
 from ..engine.relevance import DEFAULT_CONTEXT_SIZE
 from . import report
@@ -109,6 +110,8 @@ class SaliencyMonitorLogic(_CallbackBase):
         meta_lr: float | str | None = "calibrate",
         task: str | None = None,
         meta_params: str = "all",
+        meta_batching: str = "auto",
+        meta_memory: int = DEFAULT_META_MEMORY,
         class_names: Sequence[str] | None = None,
         batch_to_probe: Callable[[Any], Any] | None = None,
         output_to_logits: Callable[[Any], Tensor] | None = None,
@@ -128,7 +131,8 @@ class SaliencyMonitorLogic(_CallbackBase):
         self.config = MonitorConfig(
             layers=layers, methods=methods, num_train_probes=num_train_probes, num_val_probes=num_val_probes,
             every_n_epochs=every_n_epochs, every_n_train_steps=every_n_train_steps, meta_lr=meta_lr, task=task,
-            meta_params=meta_params, class_names=class_names, batch_to_probe=batch_to_probe,
+            meta_params=meta_params, meta_batching=meta_batching, meta_memory=meta_memory, class_names=class_names,
+            batch_to_probe=batch_to_probe,
             output_to_logits=output_to_logits, smooth=smooth, lrp_composite=lrp_composite, context_size=context_size,
             num_logged_images=num_logged_images, combine_weights=combine_weights, combine_mode=combine_mode,
             pointing_tolerance=pointing_tolerance, probe_batch_size=probe_batch_size, seed=seed, on_error=on_error,

@@ -107,7 +107,7 @@ def publish_run(trainer: pl.Trainer, config: MonitorConfig, state: MonitorState)
 
 def run_config(config: MonitorConfig, state: MonitorState, layout: KeyLayout) -> dict[str, object]:
     """The options as given (callables and objects as qualified names), what fit start settled
-    (task, meta step, layers and methods keyed by their labels in the keys) and the probes."""
+    (task, meta step and its batching, layers and methods keyed by their labels in the keys) and the probes."""
     plan = state.plan
     assert plan is not None, "the plan is settled at fit start"
     probes = {
@@ -121,6 +121,7 @@ def run_config(config: MonitorConfig, state: MonitorState, layout: KeyLayout) ->
         "options": {name: _plain(getattr(config, name)) for name in OPTION_NAMES},
         "task": plan.task,
         "meta_lr": plan.meta_lr,
+        "meta_batching": plan.saliency.meta_batching,
         "layers": {label: layer for layer, label in layout.layers.items()},
         "methods": {method_label(method): method.name for method in plan.methods},
         "probes": probes,
