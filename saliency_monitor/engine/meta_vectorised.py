@@ -168,7 +168,8 @@ def _layer_shapes(
 
     def keep_shape(name: str) -> Callable[[nn.Module, object, object], None]:
         def hook(module: nn.Module, args: object, output: object) -> None:
-            shapes[name] = check_layer_output(name, output).new_empty(()).expand(output.shape)
+            checked = check_layer_output(name, output)
+            shapes[name] = checked.new_empty(()).expand(checked.shape)
         return hook
 
     handles = [modules[n].register_forward_hook(keep_shape(n)) for n in layers if n != INPUT]
