@@ -20,8 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["Timing", "measure", "measure_interleaved", "print_table"]
+__all__ = ["Timing", "measure", "measure_interleaved", "operator_calls", "print_table"]
 
 
 @dataclass(frozen=True)
@@ -126,3 +127,36 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, mar
         print("  ".join("-" * w for w in widths))
     for row in cells[1:]:
         print(fmt(row))
+
+
+def operator_calls(fn: Callable[[], object]) -> dict[str, int]:
+    """The aten operator calls ``fn`` makes, two counts (the same on any device):
+
+    - ``"dispatched"``: calls issued by Python code and by the autograd engine (torch profiler's
+      ``aten::*`` events without an ``aten::*`` parent: a C++ operator's internal calls, e.g.
+      ``conv2d`` -> ``convolution`` -> ``_convolution``, are not counted again). Each costs Python
+      and dispatcher time whatever the batch size: what makes batch-1 passes slow on a GPU.
+    - ``"kernels"``: non-view operators reaching the backend (a ``TorchDispatchMode`` below
+      autograd and ``vmap``: what the batching rules turn a call into), about one kernel launch each.
+    """
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        fn()
+        _synchronize()
+    events = [event for event in profile.events() if event.name.startswith("aten::")]
+    dispatched = sum(1 for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+    with _BackendCalls() as backend:
+        fn()
+        _synchronize()
+    return {"dispatched": dispatched, "kernels": backend.count}
+
+
+class _BackendCalls(TorchDispatchMode):
+    """Counts the non-view operators that reach the backend while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))

@@ -1,6 +1,6 @@
 """SaliencyMonitor overhead in a real Lightning fit of the VOC example's shape.
 
-    .ci/venv python benchmarks/bench_monitor.py [--arch resnet50 --size 224 --batch 16 --steps 3]
+    .ci/venv python benchmarks/bench_monitor.py [--accelerator cpu|gpu --arch resnet50 --size 224 --batch 16]
 
 Stand-in for the VOC example: a torchvision ``--arch`` with 20 outputs, multilabel BCE, SGD,
 synthetic ``--size``² images carrying boxes (so the pointing game runs), BatchNorm statistics
@@ -18,6 +18,13 @@ so the script measures, in one run:
 and prints the evaluation as a multiple of a training step and the monitor's share of a
 VOC2007-trainval-sized epoch at ``every_n_epochs=1``:
 share = evaluation / (evaluation + ceil(5011 / batch) · step).
+
+Then, with the fit's settled plan and probes, one evaluation (both splits) with
+``meta_batching="loop"`` and with ``"vmap"``: its time and its aten operator calls (dispatched
+from Python and autograd, and kernels reaching the backend; ``_timing.operator_calls``), the
+device-independent figure behind a GPU's cost of batch-1 passes. On a GPU (``--accelerator
+gpu``) the training step is the one a user runs there: batch 32 (``--batch``), AMP float16
+(``16-mixed``), and the monitor's ``auto`` times both paths at fit start.
 """
 
 from __future__ import annotations
@@ -30,16 +37,18 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchvision
-from _timing import measure, print_table
+from _timing import measure, operator_calls, print_table
 from pytorch_lightning.loggers import Logger
 from torch.utils.data import DataLoader, Dataset
 
 from saliency_monitor import SaliencyMonitor
+from saliency_monitor.monitor.evaluation import evaluate_probes
 
 VOC_TRAINVAL = 5011
 NUM_CLASSES = 20
@@ -127,13 +136,14 @@ def warm_up_batch_norm(module: pl.LightningModule, loader: DataLoader, batches: 
             module(images)
 
 
-def fit(args, monitor: SaliencyMonitor | None, spy: Spy) -> float:
+def fit(args, monitor: SaliencyMonitor | None, spy: Spy) -> tuple[float, pl.LightningModule]:
     pl.seed_everything(0, verbose=False)
     train = DataLoader(Boxes(max(64, args.batch * args.steps), args.size, 0), batch_size=args.batch, shuffle=True,
                        collate_fn=collate)
     val = DataLoader(Boxes(32, args.size, 1), batch_size=args.batch, collate_fn=collate)
     trainer = pl.Trainer(
         max_epochs=args.epochs, limit_train_batches=args.steps, limit_val_batches=1, accelerator=args.accelerator,
+        precision=args.precision,
         devices=1, logger=spy, callbacks=[monitor] if monitor else [], enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=tempfile.mkdtemp(),
@@ -144,20 +154,22 @@ def fit(args, monitor: SaliencyMonitor | None, spy: Spy) -> float:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(takes scalars only|litlogger|log_every_n_steps).*")
         trainer.fit(module, train, val)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, module
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=None, help="training batch (default: 16 on CPU, 32 on GPU)")
     parser.add_argument("--steps", type=int, default=2, help="training steps per epoch in the short fits")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--accelerator", default="cpu")
     args = parser.parse_args()
     device = "cuda" if args.accelerator in ("gpu", "cuda") else "cpu"
+    args.batch = args.batch or (32 if device == "cuda" else 16)
+    args.precision = "16-mixed" if device == "cuda" else "32-true"
     print(f"{args.arch} {args.size}px batch {args.batch}, {torch.get_num_threads()} threads, device {device}, "
           f"load {os.getloadavg()[0]:.2f}", file=sys.stderr)
 
@@ -166,20 +178,25 @@ def main() -> None:
     batch = collate([Boxes(args.batch, args.size, 2)[i] for i in range(args.batch)])
     images, targets = batch[0].to(device), multi_hot(batch[1]).to(device)
 
+    scaler = torch.amp.GradScaler(device, enabled=device == "cuda")
+
     def step() -> None:
         optimizer.zero_grad()
-        F.binary_cross_entropy_with_logits(module(images), targets).backward()
-        optimizer.step()
+        with torch.autocast(device, dtype=torch.float16, enabled=device == "cuda"):
+            loss = F.binary_cross_entropy_with_logits(module(images), targets)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         if device == "cuda":
             torch.cuda.synchronize()
 
     before = measure(step, repeat=args.repeat).median
 
     without = Spy()
-    base_wall = fit(args, None, without)
+    base_wall, _ = fit(args, None, without)
     spy = Spy()
     monitor = SaliencyMonitor()
-    with_wall = fit(args, monitor, spy)
+    with_wall, fitted = fit(args, monitor, spy)
     # the step timed before and after the fits: a drift of a shared machine's speed moves both
     step_time = (before + measure(step, repeat=args.repeat).median) / 2
     if spy.errors or len(spy.times) != args.epochs + 1:
@@ -189,17 +206,46 @@ def main() -> None:
     fit_start = with_wall - base_wall - sum(spy.times)
     steps_per_epoch = math.ceil(VOC_TRAINVAL / args.batch)
     share = evaluation / (evaluation + steps_per_epoch * step_time)
-    print_table(
-        ["quantity", "value"],
-        [
-            ["training step (s), mean of the medians before and after the fits", f"{step_time:.3f}"],
-            ["monitor evaluation (s), median of " + str(len(spy.times)), f"{evaluation:.2f}"],
-            ["evaluation / training step", f"{evaluation / step_time:.1f}"],
-            ["fit-start cost: probe draw + calibration + check (s)", f"{fit_start:.1f}"],
-            ["calibrated meta_lr", f"{spy.meta_lr:.3g}"],
-            [f"share of a VOC2007 trainval epoch ({steps_per_epoch} steps)", f"{100 * share:.1f}%"],
-        ],
-    )
+    plan = monitor.state.plan
+    rows = [
+        ["training step (s), mean of the medians before and after the fits", f"{step_time:.3f}"],
+        ["monitor evaluation (s), median of " + str(len(spy.times)), f"{evaluation:.2f}"],
+        ["evaluation / training step", f"{evaluation / step_time:.1f}"],
+        ["fit-start cost: probe draw + calibration + check (s)", f"{fit_start:.1f}"],
+        ["calibrated meta_lr", f"{spy.meta_lr:.3g}"],
+        ["meta_batching settled by auto", plan.saliency.meta_batching],
+        [f"share of a VOC2007 trainval epoch ({steps_per_epoch} steps)", f"{100 * share:.1f}%"],
+    ]
+    rows += compare_batching(fitted.to(device), monitor, step_time, steps_per_epoch, args.repeat)
+    print_table(["quantity", "value"], rows)
+    print("command:", " ".join(["python", *sys.argv]))
+
+
+def compare_batching(module, monitor: SaliencyMonitor, step_time: float, steps_per_epoch: int, repeat: int):
+    """One evaluation (both splits, the fit's plan and probes) with each meta_batching: time, calls."""
+    plan = monitor.state.plan
+    rows, calls = [], {}
+    for batching in ("loop", "vmap", "no meta"):
+        settled = replace(plan, saliency=replace(plan.saliency, meta_batching=batching))
+        if batching == "no meta":  # what both share: plain maps, metrics, combination
+            settled = replace(plan, meta_lr=None)
+
+        def evaluation(settled=settled) -> None:
+            for probes in monitor.state.probes.values():
+                evaluate_probes(module, probes, settled)
+
+        seconds = measure(evaluation, repeat=max(1, repeat - 2)).median
+        calls[batching] = operator_calls(evaluation)
+        share = seconds / (seconds + steps_per_epoch * step_time)
+        rows.append([f"evaluation with meta_batching={batching!r}: s / training steps / epoch share",
+                     f"{seconds:.2f} / {seconds / step_time:.1f} / {100 * share:.1f}%"])
+        rows.append([f"  aten calls dispatched / kernels ({batching})",
+                     f"{calls[batching]['dispatched']} / {calls[batching]['kernels']}"])
+    for kind in ("dispatched", "kernels"):
+        loop, vmap, shared = calls["loop"][kind], calls["vmap"][kind], calls["no meta"][kind]
+        rows.append([f"aten calls ({kind}) per evaluation, loop / vmap; meta part only",
+                     f"{loop / vmap:.1f}; {(loop - shared) / (vmap - shared):.1f}"])
+    return rows
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from .meta import (
     stepped_parameter_names,
 )
 from .meta_vectorised import (
-    DEFAULT_META_MEMORY,
     check_meta_batching,
     check_meta_memory,
     resolve_meta_batching,
@@ -65,7 +64,7 @@ class SaliencyOptions:
     task: str = "multiclass"
     meta_params: str = "all"
     meta_batching: str = "auto"
-    meta_memory: int = DEFAULT_META_MEMORY
+    meta_memory: int | None = None
     output_size: tuple[int, int] | None = None
     output_to_logits: OutputToLogits | None = None
     smooth: str | None = None
@@ -81,7 +80,7 @@ def saliency_options(
     task: object = "multiclass",
     meta_params: object = "all",
     meta_batching: object = "auto",
-    meta_memory: object = DEFAULT_META_MEMORY,
+    meta_memory: object = None,
     output_size: object = None,
     output_to_logits: object = None,
     smooth: object = None,
@@ -124,7 +123,7 @@ def compute_saliency(
     task: str = "multiclass",
     meta_params: str = "all",
     meta_batching: str = "auto",
-    meta_memory: int = DEFAULT_META_MEMORY,
+    meta_memory: int | None = None,
     output_size: int | tuple[int, int] | None = None,
     output_to_logits: OutputToLogits | None = None,
     smooth: str | None = None,
@@ -167,7 +166,8 @@ def compute_saliency(
             (:mod:`saliency_monitor.engine.meta_vectorised`; gradient methods only, relevance
             methods keep the loop), ``"auto"``: vmap on CUDA, the loop elsewhere. Same maps.
         meta_memory: bytes of stepped parameters (θ' of the pairs) the vmap path holds at a
-            time; a chunk is ``meta_memory // bytes of the parameters`` pairs (default 2 GiB).
+            time; a chunk is ``meta_memory // bytes of the parameters`` pairs. None: a quarter of
+            what a CUDA device can still give, 2 GiB elsewhere.
         output_size: if given, maps are upsampled bilinearly to it (int or (h, w));
             otherwise they keep the layer's resolution.
         output_to_logits: for models whose output is not the logits tensor (a dict, a

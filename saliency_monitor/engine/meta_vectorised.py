@@ -12,11 +12,13 @@ launches and Python dispatch, not FLOPs). For a chunk of P pairs (b_p, c_p):
    δ = 0, and ``grad`` w.r.t. δ is d logit_c / d a.
 
 A chunk holds P = ⌊``memory`` / bytes of the stepped parameters⌋ pairs (at least 1): its θ'
-(the gradients, overwritten) is P copies of them. Cost against the loop: each pair runs its own
+(the gradients, overwritten) is P copies of them (default: a quarter of what a CUDA device can
+still give, 2 GiB elsewhere; :func:`default_meta_memory`). Cost against the loop: each pair runs its own
 forward at θ (the loop shares one per image), so on a CPU, bound by FLOPs, the loop is faster
 (:func:`resolve_meta_batching`); the aten operator calls per evaluation drop by the chunk size.
 The model is never written: parameters enter as ``functional_call`` arguments, eval mode and
-hooks are restored on exit.
+hooks are restored on exit. A model drawing random numbers in eval mode (MC dropout) draws them
+independently per pair (``randomness="different"``), as the loop does one pair after another.
 """
 
 from __future__ import annotations
@@ -29,17 +31,18 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from .._checks import check_choice, check_int
-from .capture import Capture, Captured, LayerRecorder, check_layer_output
+from .capture import Capture, Captured, LayerRecorder
 from .checkpointing import checkpoints_run_directly
 from .layers import INPUT
+from .layout_detection import LayoutTracker
 from .meta import Parameters, TargetPairs
 from .model_io import OutputToLogits, check_logits, check_targets_range, eval_mode
 from .smoothing import smoothing
 from .task import class_loss
 
 META_BATCHING = ("auto", "loop", "vmap")
-DEFAULT_META_MEMORY = 2 * 1024**3
-"""Bytes of θ' one vectorised chunk holds (2 GiB: 20 pairs of a ResNet-50)."""
+CPU_META_MEMORY = 2 * 1024**3
+"""Bytes of θ' a vectorised chunk holds off CUDA by default (2 GiB: 20 pairs of a ResNet-50)."""
 
 
 def check_meta_batching(meta_batching: object) -> str:
@@ -47,9 +50,20 @@ def check_meta_batching(meta_batching: object) -> str:
     return check_choice(meta_batching, "meta_batching", META_BATCHING)
 
 
-def check_meta_memory(meta_memory: object) -> int:
-    """Bytes of stepped parameters the vectorised path holds at a time: a positive int."""
-    return check_int(meta_memory, "meta_memory", minimum=1)
+def check_meta_memory(meta_memory: object) -> int | None:
+    """Bytes of stepped parameters the vectorised path holds at a time: a positive int, or None
+    for :func:`default_meta_memory`."""
+    return None if meta_memory is None else check_int(meta_memory, "meta_memory", minimum=1)
+
+
+def default_meta_memory(device: torch.device) -> int:
+    """On CUDA a quarter of the memory the device can still give (free, plus what torch's caching
+    allocator holds unused); elsewhere :data:`CPU_META_MEMORY`."""
+    if device.type != "cuda":
+        return CPU_META_MEMORY
+    free, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return max(1, (free + cached) // 4)
 
 
 def resolve_meta_batching(meta_batching: str, device: torch.device) -> str:
@@ -79,11 +93,12 @@ def vectorised_captures(
     keep_inputs: set[str],
     output_to_logits: OutputToLogits | None = None,
     smooth: str | None = None,
-    memory: int = DEFAULT_META_MEMORY,
+    memory: int | None = None,
 ) -> Iterator[Captured]:
     """For chunks of pairs in order, the captures of each pair's class at its θ'
     (B = chunk size, T = 1), two ``vmap``-ed passes per chunk (see the module docstring)."""
-    per_chunk = max(1, memory // max(1, stepped_bytes(model, names)))
+    budget = default_meta_memory(images.device) if memory is None else memory
+    per_chunk = max(1, budget // max(1, stepped_bytes(model, names)))
     with torch.inference_mode(False), eval_mode(model), checkpoints_run_directly(non_reentrant=True):
         images = images.detach().clone()
         shapes = _layer_shapes(model, images[:1], layers, pairs.classes, output_to_logits)
@@ -115,10 +130,17 @@ def _steps(
         return class_loss(_logits(model, parameters, image, to_logits), target, task)
 
     with torch.enable_grad():
-        gradients: Parameters = vmap(grad(loss), in_dims=(None, 0, 0))(theta, images, classes)
-    with torch.no_grad():
-        for name, gradient in gradients.items():  # θ − lr·g, written over g
-            gradient.mul_(-lr).add_(theta[name])
+        gradients: Parameters = vmap(grad(loss), in_dims=(None, 0, 0), randomness="different")(theta, images, classes)
+    storages: set[int] = set()
+    for name, gradient in gradients.items():  # one gradient can view another's memory (a ViT's class token's
+        storage = gradient.untyped_storage().data_ptr()  # is a slice of its position embedding's): own copies
+        if storage in storages:
+            gradients[name] = gradient.clone()
+        storages.add(storage)
+    stepped = list(gradients.values())
+    with torch.no_grad():  # θ − lr·g, written over g, in two fused calls over all tensors
+        torch._foreach_mul_(stepped, -lr)
+        torch._foreach_add_(stepped, [theta[name].expand_as(g) for name, g in gradients.items()])
     return gradients
 
 
@@ -143,7 +165,7 @@ def _captures(
 
     count = images.shape[0]
     deltas = {n: shapes[n].new_zeros(count, *shapes[n].shape) for n in layers}
-    batched = vmap(grad(score, argnums=3, has_aux=True), in_dims=(0, 0, 0, 0))
+    batched = vmap(grad(score, argnums=3, has_aux=True), in_dims=(0, 0, 0, 0), randomness="different")
     with torch.enable_grad():
         gradients, (activations, inputs, logits) = batched(stepped, images, classes, deltas)
     modules = dict(model.named_modules())
@@ -160,16 +182,18 @@ def _captures(
 def _layer_shapes(
     model: nn.Module, image: Tensor, layers: Sequence[str], classes: list[int], to_logits: OutputToLogits | None,
 ) -> dict[str, Tensor]:
-    """Each layer's output for one image (1, K, H, W) as a one-element tensor expanded to its shape
+    """Each layer's map for one image (1, K, H, W) as a one-element tensor expanded to its shape
     (shape, dtype and device, no memory), from one no-grad forward that also checks the logits and
     the classes' range (inside ``vmap`` a bad index has no clear message)."""
     shapes: dict[str, Tensor] = {INPUT: image.new_empty(()).expand(image.shape)} if INPUT in layers else {}
     modules = dict(model.named_modules())
+    tracker = LayoutTracker(model)  # each output read as a map in its layout, as the recorder does
 
-    def keep_shape(name: str) -> Callable[[nn.Module, object, object], None]:
-        def hook(module: nn.Module, args: object, output: object) -> None:
-            checked = check_layer_output(name, output)
-            shapes[name] = checked.new_empty(()).expand(checked.shape)
+    def keep_shape(name: str) -> Callable[[nn.Module, tuple[object, ...], object], None]:
+        def hook(module: nn.Module, args: tuple[object, ...], output: object) -> None:
+            layout = tracker.layout(name, module, args, output)
+            assert isinstance(output, Tensor)
+            shapes[name] = output.new_empty(()).expand(layout.map_shape(output.shape))
         return hook
 
     handles = [modules[n].register_forward_hook(keep_shape(n)) for n in layers if n != INPUT]
@@ -180,6 +204,7 @@ def _layer_shapes(
     finally:
         for handle in handles:
             handle.remove()
+        tracker.remove()
     check_targets_range(torch.tensor(classes), logits.shape[1])
     missing = [n for n in layers if n not in shapes]
     if missing:

@@ -20,7 +20,6 @@ from torch import Tensor
 from .._checks import check_callable, check_choice, check_distinct, check_int, check_names, check_number
 from ..engine.compute import SaliencyOptions, saliency_options
 from ..engine.meta import check_meta_lr
-from ..engine.meta_vectorised import DEFAULT_META_MEMORY
 from ..engine.methods import MONITOR_METHODS
 from ..engine.relevance import DEFAULT_CONTEXT_SIZE
 from ..engine.task import TASKS
@@ -59,7 +58,8 @@ class MonitorConfig:
             ``"auto"`` (default: the loop on a CPU; elsewhere both are timed at fit start on
             the probes and the faster is kept). Same maps either way.
         meta_memory: bytes of θ' a vectorised chunk holds (pairs per chunk = ``meta_memory`` //
-            bytes of the stepped parameters; default 2 GiB).
+            bytes of the stepped parameters); None: a quarter of what a CUDA device can still
+            give, 2 GiB elsewhere.
         class_names: names for pictures and tables (default: the dataset's ``classes``
             attribute if it has one, else indices); also maps VOC annotation names to indices.
         batch_to_probe: callable turning one of your batches into ``(images, labels)``, for
@@ -96,7 +96,7 @@ class MonitorConfig:
     task: str | None = None
     meta_params: str = "all"
     meta_batching: str = "auto"
-    meta_memory: int = DEFAULT_META_MEMORY
+    meta_memory: int | None = None
     class_names: Sequence[str] | None = None
     batch_to_probe: Callable[[Any], Any] | None = None
     output_to_logits: Callable[[Any], Tensor] | None = None

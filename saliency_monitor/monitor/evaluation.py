@@ -228,24 +228,25 @@ def evaluate_probes(
         bad = plain_bad[method][layer] | (meta_bad[method][layer] if key.metric.startswith("meta_") else False)
         values[key] = torch.where(bad | _reads_constant(key, constant, plan), math.nan, values[key].double())
     logged = {m.name for m in plan.methods}  # the methods computed only for a refinement's metric go
+    # everything above ran on the model's device; the results come to the host once, here
     nonfinite = {
         f"{kind}/{method}/{layer}": int(bad.sum())
         for kind, table in (("plain", plain_bad), ("meta", meta_bad))
-        for method, per_layer in table.items() if method in logged
+        for method, per_layer in map_each(table, Tensor.cpu).items() if method in logged
         for layer, bad in per_layer.items()
         if layer != COMBINED and bad.any()
     }
     return SplitEvaluation(
-        values={key: value.double() for key, value in values.items() if key.method in logged},
+        values={key: value.double().cpu() for key, value in values.items() if key.method in logged},
         maps=_label_only(plain, logged),
         meta_maps=_label_only(meta, logged) if meta is not None else None,
-        targets=targets,
-        probabilities=torch.cat(chunks.probabilities),
-        losses=torch.cat(chunks.losses),
+        targets=targets.cpu(),
+        probabilities=torch.cat(chunks.probabilities).cpu(),
+        losses=torch.cat(chunks.losses).cpu(),
         nonfinite=nonfinite,
-        prediction_difference=torch.cat(chunks.differences).double() if chunks.differences else None,
+        prediction_difference=torch.cat(chunks.differences).double().cpu() if chunks.differences else None,
         constant={
-            method: {layer: flags.all(1) for layer, flags in per_layer.items() if layer != COMBINED}
+            method: {layer: flags.all(1).cpu() for layer, flags in per_layer.items() if layer != COMBINED}
             for method, per_layer in plain_constant.items() if method in logged
         },
     )
@@ -261,16 +262,16 @@ def _compute_chunks(
     for chunk, images in probe_chunks(model, probes, plan.batch_size):
         logits = model_logits(model, images, options.output_to_logits)
         targets, probabilities = label_max_min_targets(logits, chunk, plan.task)
-        chunks.losses.append(class_losses(logits, targets[:, LABEL], plan.task).double().cpu())
+        chunks.losses.append(class_losses(logits, targets[:, LABEL], plan.task).double())
         if options.smooth == "forward":  # it changes the model's predictions: measure by how much
             with smoothing(model, "forward"):
                 smoothed = model_logits(model, images, options.output_to_logits)
-            chunks.differences.append((class_probabilities(smoothed, plan.task) - probabilities).abs().mean(1).cpu())
-        chunks.plain.append(_to_cpu(saliency_maps(model, images, targets, options)))
+            chunks.differences.append((class_probabilities(smoothed, plan.task) - probabilities).abs().mean(1))
+        chunks.plain.append(_float(saliency_maps(model, images, targets, options)))
         if meta_options is not None:
-            chunks.meta.append(_to_cpu(saliency_maps(model, images, targets, meta_options)))
-        chunks.targets.append(targets.cpu())
-        chunks.probabilities.append(probabilities.cpu())
+            chunks.meta.append(_float(saliency_maps(model, images, targets, meta_options)))
+        chunks.targets.append(targets)
+        chunks.probabilities.append(probabilities)
         if progress is not None:
             progress(len(chunk))
     return chunks
@@ -324,8 +325,8 @@ def summarize(values: dict[MetricKey, Tensor]) -> dict[MetricKey, tuple[float, f
 # --------------------------------------------------------------------------- helpers
 
 
-def _to_cpu(maps: SaliencyMaps) -> SaliencyMaps:
-    return map_each(maps, lambda t: t.float().cpu())
+def _float(maps: SaliencyMaps) -> SaliencyMaps:
+    return map_each(maps, lambda t: t.float())
 
 
 def _cat(parts: Sequence[SaliencyMaps]) -> SaliencyMaps:
@@ -357,8 +358,9 @@ def _with_combined(maps: SaliencyMaps, constant: Flags, plan: EvaluationPlan, si
 
 
 def _label_only(maps: SaliencyMaps, methods: set[str]) -> LabelMaps:
+    """The label class's maps of ``methods``, on the CPU."""
     kept = {method: per_layer for method, per_layer in maps.items() if method in methods}
-    return LabelMaps(map_each(kept, lambda t: t[:, LABEL].contiguous()))
+    return LabelMaps(map_each(kept, lambda t: t[:, LABEL].contiguous().cpu()))
 
 
 def _label_masks(probes: ProbeBatch, targets: Tensor, num_classes: int) -> Tensor | None:
@@ -366,7 +368,7 @@ def _label_masks(probes: ProbeBatch, targets: Tensor, num_classes: int) -> Tenso
     masks = probes.class_masks(num_classes)
     if masks is None:
         return None
-    return masks[torch.arange(len(targets)), targets[:, LABEL]]
+    return masks.to(targets.device)[torch.arange(len(targets), device=targets.device), targets[:, LABEL]]
 
 
 def _drift(
@@ -376,9 +378,10 @@ def _drift(
     the reference has no such map, another label class, or a constant or non-finite map."""
     before = reference.maps.get(method, {}).get(layer)
     if before is None or before.shape != maps.shape:
-        return torch.full((maps.shape[0],), math.nan, dtype=torch.float64)
+        return torch.full((maps.shape[0],), math.nan, dtype=torch.float64, device=maps.device)
+    before = before.to(maps.device)  # references are kept on the CPU (checkpoints)
     usable = ~constant_maps(before) & before.flatten(1).isfinite().all(1)
-    comparable = (reference.targets[:, LABEL] == targets[:, LABEL]) & usable
+    comparable = (reference.targets[:, LABEL].to(targets.device) == targets[:, LABEL]) & usable
     return torch.where(comparable, drift(maps, before, size).double(), math.nan)
 
 

@@ -20,7 +20,6 @@ from torch import Tensor
 from typing_extensions import override
 
 from ..engine.layers import validate_layer_names
-from ..engine.meta_vectorised import DEFAULT_META_MEMORY
 from ..engine.methods import MONITOR_METHODS
 from ..engine.relevance import DEFAULT_CONTEXT_SIZE
 from . import report
@@ -111,7 +110,7 @@ class SaliencyMonitorLogic(_CallbackBase):
         task: str | None = None,
         meta_params: str = "all",
         meta_batching: str = "auto",
-        meta_memory: int = DEFAULT_META_MEMORY,
+        meta_memory: int | None = None,
         class_names: Sequence[str] | None = None,
         batch_to_probe: Callable[[Any], Any] | None = None,
         output_to_logits: Callable[[Any], Tensor] | None = None,

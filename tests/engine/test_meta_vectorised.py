@@ -52,7 +52,7 @@ def test_resnet18_residual_sums_and_batch_norm_match_the_literal_reference() -> 
     net = torchvision.models.resnet18(num_classes=4).double()
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     targets = torch.tensor([[1, 3], [0, 2]])
-    layers = ["relu", "layer1", "layer2.0.conv1", "layer4"]
+    layers = ["relu", "layer1", "layer2.0.conv1", "layer3"]  # layer4 is 1×1 at 32 px
     got = compute_saliency(net, images, targets, layers, ["norm_grad", "grad_cam"], meta_lr=0.002,
                            meta_batching="vmap")
     assert_maps_close(got, literal_meta_maps(net, images, targets, layers, ["norm_grad", "grad_cam"], 0.002,
@@ -298,3 +298,12 @@ def test_loss_per_pair_is_the_class_loss() -> None:
         target = torch.tensor(c)
         assert torch.isclose(class_loss(logits, target, "multiclass"), F.cross_entropy(logits[None], target[None]))
         assert torch.isclose(class_loss(logits, target, "multilabel"), F.softplus(-logits[c]))
+
+
+def test_the_default_chunk_budget_is_two_gib_off_cuda() -> None:
+    from saliency_monitor.engine.meta_vectorised import CPU_META_MEMORY, default_meta_memory
+
+    assert default_meta_memory(torch.device("cpu")) == CPU_META_MEMORY == 2 * 1024**3
+    if torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        assert free // 4 <= default_meta_memory(torch.device("cuda")) <= torch.cuda.get_device_properties(0).total_memory

@@ -76,3 +76,63 @@ def _layout(chosen: SaliencyMonitor):
 
     assert chosen.state.plan is not None
     return KeyLayout.of(chosen.state.plan.layers, tuple(chosen.state.probes))
+
+
+# --------------------------------------------------------------------------- on CUDA (skipped elsewhere)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+@pytest.mark.parametrize("batching", ["loop", "vmap"])
+def test_on_cuda_training_is_bitwise_unchanged_cuda_rng_included(tmp_path, batching: str) -> None:
+    from tests._fits import SpyLogger, multiclass_loaders, trainer
+    from tests.monitor.test_lifecycle import mc_dropout_model
+
+    def run(callbacks: list) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        torch.manual_seed(7)
+        torch.cuda.manual_seed_all(7)
+        model = mc_dropout_model()
+        trainer(tmp_path, callbacks, logger=SpyLogger(), max_epochs=2, accelerator="gpu").fit(
+            model, *multiclass_loaders())
+        return model.state_dict(), torch.get_rng_state(), torch.cuda.get_rng_state()
+
+    chosen = monitor(meta_batching=batching, every_n_train_steps=2)
+    with_monitor, without = run([chosen]), run([])
+    assert chosen.state.evaluations == 4
+    for name, value in without[0].items():
+        assert torch.equal(value, with_monitor[0][name]), name
+    assert torch.equal(without[1], with_monitor[1]) and torch.equal(without[2], with_monitor[2])
+
+
+@cuda
+def test_on_cuda_an_evaluation_synchronises_with_the_host_a_fixed_number_of_times_whatever_the_probes() -> None:
+    """Maps and metrics stay on the device until the results come to the host once: the count of
+    synchronising calls does not grow with the number of probes (torch's sync debug mode)."""
+    import warnings
+
+    from saliency_monitor.engine.compute import saliency_options
+    from saliency_monitor.monitor.evaluation import EvaluationPlan, evaluate_probes
+    from saliency_monitor.monitor.probes import ProbeBatch
+    from tests._fits import TinyNet, class_images
+
+    torch.manual_seed(0)
+    model = TinyNet().cuda()
+    options = saliency_options(["stem", "stage1", "stage2"], ["norm_grad_selective", "norm_grad"],
+                               meta_batching="vmap")
+    plan = EvaluationPlan.of(options, meta_lr=0.05, batch_size=64)
+
+    def synchronisations(count: int) -> int:
+        labels = torch.arange(count) % 3
+        probes = ProbeBatch(class_images(labels, seed=1), tuple((int(c),) for c in labels), "multiclass")
+        evaluate_probes(model, probes, plan)  # warm-up
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                evaluate_probes(model, probes, plan)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert synchronisations(4) == synchronisations(12)
