@@ -47,19 +47,12 @@ from ..engine.model_io import model_logits
 from ..engine.smoothing import smoothing
 from ..engine.task import class_losses, class_probabilities
 from ..metrics import (
-    class_sensitivity,
-    drift,
     fixed_weights,
-    map_correlation,
     mean_stderr,
-    pointing_hits,
-    resize_maps,
-    structural_similarity,
-    total_variation,
 )
-from ..metrics.maps import constant_maps
 from .degenerate import Flags, combine_informative, constant_flags, degenerate_layers, left_out
 from .keys import COMBINED, MetricKey
+from .probe_metrics import LABEL, Unusable, per_probe_values
 from .probes import ProbeBatch, label_max_min_targets, probe_chunks
 
 METRICS = (
@@ -72,20 +65,6 @@ METRICS = (
     "pointing_game",
     "relevance_ssim",
 )
-LABEL, MAX, MIN = 0, 1, 2
-"""Target columns: the label class, the max- and the min-predicted class."""
-_READS: dict[str, tuple[tuple[str, int], ...]] = {
-    "class_sensitivity": (("plain", MAX), ("plain", MIN)),
-    "meta_class_sensitivity": (("meta", MAX), ("meta", MIN)),
-    "meta_correlation": (("plain", LABEL), ("meta", LABEL)),
-    "drift": (("plain", LABEL),),  # and the previous map: :func:`_drift`
-    "drift_from_start": (("plain", LABEL),),  # and the fit-start map: :func:`_drift`
-    "total_variation": (("plain", LABEL),),
-    "pointing_game": (("plain", LABEL),),
-    "relevance_ssim": (("plain", LABEL),),  # and its source's
-}
-"""The maps (plain or meta, target column) each metric reads: a constant one makes it NaN."""
-
 LabelMaps = NewType("LabelMaps", dict[str, dict[str, Tensor]])
 """``maps[method][layer]`` -> (N, h, w) float32 on the CPU: the label class only, one map per
 probe; ``layer`` includes ``"combined"``. (The engine's ``SaliencyMaps`` are (B, T, h, w).)"""
@@ -221,12 +200,9 @@ def evaluate_probes(
     meta = _with_combined(meta, meta_constant, plan, size) if meta is not None else None
     masks = _label_masks(probes, targets, chunks.probabilities[0].shape[1])
     references = {metric: ref for metric, ref in (("drift", previous), ("drift_from_start", start)) if ref is not None}
-    values = _per_probe_values(plain, meta, targets, masks, references, plan, size)
-    constant = {"plain": plain_constant, "meta": meta_constant}
-    for key in values:  # a probe whose maps overflowed or are constant has no value, whatever the metric made of them
-        method, layer = str(key.method), str(key.layer)
-        bad = plain_bad[method][layer] | (meta_bad[method][layer] if key.metric.startswith("meta_") else False)
-        values[key] = torch.where(bad | _reads_constant(key, constant, plan), math.nan, values[key].double())
+    # a probe whose maps overflowed or are constant has no value, whatever the metric made of them
+    unusable = Unusable({"plain": plain_bad, "meta": meta_bad}, {"plain": plain_constant, "meta": meta_constant})
+    values = per_probe_values(plain, meta, targets, masks, references, plan, size, unusable)
     logged = {m.name for m in plan.methods}  # the methods computed only for a refinement's metric go
     # everything above ran on the model's device; the results come to the host once, here
     nonfinite = {
@@ -237,7 +213,7 @@ def evaluate_probes(
         if layer != COMBINED and bad.any()
     }
     return SplitEvaluation(
-        values={key: value.double().cpu() for key, value in values.items() if key.method in logged},
+        values={key: value for key, value in values.items() if key.method in logged},
         maps=_label_only(plain, logged),
         meta_maps=_label_only(meta, logged) if meta is not None else None,
         targets=targets.cpu(),
@@ -275,46 +251,6 @@ def _compute_chunks(
         if progress is not None:
             progress(len(chunk))
     return chunks
-
-
-def _per_probe_values(
-    plain: SaliencyMaps, meta: SaliencyMaps | None, targets: Tensor, masks: Tensor | None,
-    references: dict[str, DriftReference], plan: EvaluationPlan, size: tuple[int, int],
-) -> dict[MetricKey, Tensor]:
-    """Every metric of every method's maps at every layer (see the module docstring), per probe;
-    ``references``: the earlier label maps each drift metric compares against."""
-    values: dict[MetricKey, Tensor] = {}
-    for method, per_layer in plain.items():
-        for layer, maps in per_layer.items():
-            found = {"class_sensitivity": class_sensitivity(maps[:, MAX], maps[:, MIN], size)}
-            if meta is not None:
-                meta_maps = meta[method][layer]
-                found["meta_class_sensitivity"] = class_sensitivity(meta_maps[:, MAX], meta_maps[:, MIN], size)
-                found["meta_correlation"] = map_correlation(maps[:, LABEL], meta_maps[:, LABEL], size)
-            for metric, reference in references.items():
-                found[metric] = _drift(maps[:, LABEL], targets, reference, method, layer, size)
-            found["total_variation"] = total_variation(maps[:, LABEL])
-            if masks is not None:
-                hits = pointing_hits(maps[:, LABEL], masks, plan.pointing_tolerance).double()
-                found["pointing_game"] = torch.where(masks.flatten(1).any(1), hits, math.nan)
-            values.update({MetricKey(None, metric, method, layer): value for metric, value in found.items()})
-    for refining in plan.methods:
-        if refining.refines is not None:  # how much the refinement reshaped its source's maps
-            for layer, refined in plain[refining.name].items():
-                source = resize_maps(plain[refining.refines][layer][:, LABEL], size)
-                similarity = structural_similarity(source, resize_maps(refined[:, LABEL], size))
-                values[MetricKey(None, "relevance_ssim", refining.name, layer)] = similarity
-    return values
-
-
-def _reads_constant(key: MetricKey, constant: dict[str, Flags], plan: EvaluationPlan) -> Tensor:
-    """(N,) bool: the probes for which ``key``'s metric reads a constant map (:data:`_READS`)."""
-    method, layer = str(key.method), str(key.layer)
-    reads = [constant[kind][method][layer][:, column] for kind, column in _READS[key.metric]]
-    source = next((m.refines for m in plan.methods if m.name == method), None)
-    if key.metric == "relevance_ssim" and source is not None:
-        reads.append(constant["plain"][source][layer][:, LABEL])
-    return torch.stack(reads).any(0)
 
 
 def summarize(values: dict[MetricKey, Tensor]) -> dict[MetricKey, tuple[float, float, int]]:
@@ -369,20 +305,6 @@ def _label_masks(probes: ProbeBatch, targets: Tensor, num_classes: int) -> Tenso
     if masks is None:
         return None
     return masks.to(targets.device)[torch.arange(len(targets), device=targets.device), targets[:, LABEL]]
-
-
-def _drift(
-    maps: Tensor, targets: Tensor, reference: DriftReference, method: str, layer: str, size: tuple[int, int]
-) -> Tensor:
-    """(N,) ρ(label map now, the reference's map), both upsampled bilinearly to ``size``; NaN where
-    the reference has no such map, another label class, or a constant or non-finite map."""
-    before = reference.maps.get(method, {}).get(layer)
-    if before is None or before.shape != maps.shape:
-        return torch.full((maps.shape[0],), math.nan, dtype=torch.float64, device=maps.device)
-    before = before.to(maps.device)  # references are kept on the CPU (checkpoints)
-    usable = ~constant_maps(before) & before.flatten(1).isfinite().all(1)
-    comparable = (reference.targets[:, LABEL].to(targets.device) == targets[:, LABEL]) & usable
-    return torch.where(comparable, drift(maps, before, size).double(), math.nan)
 
 
 def start_reference(start: DriftReference | None, now: DriftReference) -> DriftReference:

@@ -32,8 +32,9 @@ from torch import Tensor
 
 from ..metrics import resize_maps
 from ..metrics.maps import constant_maps
-from .evaluation import LABEL, EvaluationPlan, SplitEvaluation
+from .evaluation import EvaluationPlan, SplitEvaluation
 from .keys import COMBINED, method_label
+from .probe_metrics import LABEL
 from .probes import ProbeBatch
 from .render import colorize, overlay, to_uint8_images
 

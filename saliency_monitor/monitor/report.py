@@ -11,8 +11,9 @@ from torch import Tensor
 from ..metrics import mean_stderr, rank_correlation, rank_data
 from ..metrics.maps import constant_maps
 from .degenerate import left_out
-from .evaluation import LABEL, MAX, METRICS, MIN, EvaluationPlan, SplitEvaluation, summarize
+from .evaluation import METRICS, EvaluationPlan, SplitEvaluation, summarize
 from .keys import COMBINED, GAP, LOSS, LOSS_AGREEMENT, LOSS_GAP, MetricKey, column_name, short_names
+from .probe_metrics import LABEL, MAX, MIN
 from .probes import ProbeBatch
 from .publish import Pictures
 from .render import GridRow, saliency_grid

@@ -2,8 +2,9 @@
 
 A randomly initialised ResNet-18 on 64×64 images: ``layer4`` is 2×2 and feeds a global average
 pool, so ``gradient`` and ``bias:sum`` get the same gradient at each of its locations (a
-constant map), ``avgpool`` is 1×1 for every method, and ``norm_grad_selective`` (which
-multiplies by the activation) stays spatial at ``layer4``. One probe is an all-zero image: its
+constant map), and ``norm_grad_selective`` (which multiplies by the activation) stays spatial at
+``layer4``. (A 1×1 layer such as ``avgpool`` is refused by the engine before any map is made;
+the warning's 1×1 line is checked on its own.) One probe is an all-zero image: its
 ``norm_grad_selective`` map at ``input`` (gradient ⊙ image) is 0, constant for that probe only.
 """
 
@@ -23,25 +24,19 @@ from saliency_monitor.metrics.maps import CONSTANT_TOLERANCE, constant_maps
 from saliency_monitor.monitor import report
 from saliency_monitor.monitor.degenerate import degenerate_message
 from saliency_monitor.monitor.distributed import gather_evaluation
-from saliency_monitor.monitor.evaluation import (
-    _READS,
-    LABEL,
-    METRICS,
-    EvaluationPlan,
-    SplitEvaluation,
-    evaluate_probes,
-)
+from saliency_monitor.monitor.evaluation import METRICS, EvaluationPlan, SplitEvaluation, evaluate_probes
 from saliency_monitor.monitor.keys import COMBINED, MetricKey
+from saliency_monitor.monitor.probe_metrics import LABEL, READS
 from saliency_monitor.monitor.probes import ProbeBatch
 from tests.conftest import randomize_batchnorm
 
 EPS = torch.finfo(torch.float32).eps
-LAYERS = ("input", "layer2", "layer3", "layer4", "avgpool")
+LAYERS = ("input", "layer2", "layer3", "layer4")
 METHODS = ("gradient", "bias:sum", "norm_grad_selective")
 DEGENERATE = {
-    "gradient": {"layer4": "constant", "avgpool": "1×1"},
-    "bias:sum": {"layer4": "constant", "avgpool": "1×1"},
-    "norm_grad_selective": {"avgpool": "1×1"},
+    "gradient": {"layer4": "constant"},
+    "bias:sum": {"layer4": "constant"},
+    "norm_grad_selective": {},
 }
 ZERO_PROBE = 3
 
@@ -130,7 +125,7 @@ def test_real_maps_are_never_flagged(seed: int) -> None:
 
 def test_degenerate_layers_are_found_with_their_reason(results: dict[tuple[str, str], SplitEvaluation]) -> None:
     for result in results.values():
-        assert result.degenerate == DEGENERATE
+        assert result.degenerate == {m: layers for m, layers in DEGENERATE.items() if layers}
         assert result.constant["norm_grad_selective"]["input"].tolist() == [False, False, False, True]
 
 
@@ -181,9 +176,8 @@ def test_combined_map_combines_the_informative_layers(
 
 
 def test_a_method_with_every_layer_degenerate_has_no_combined_map(resnet: nn.Module, probes: ProbeBatch) -> None:
-    result = evaluate_probes(resnet, probes, plan_for("product", layers=("layer4", "avgpool")))
-    assert result.degenerate == {m: {layer: DEGENERATE[m][layer] for layer in ("layer4", "avgpool") if layer in
-                                     DEGENERATE[m]} for m in METHODS}
+    result = evaluate_probes(resnet, probes, plan_for("product", layers=("layer4",)))
+    assert result.degenerate == {m: layers for m, layers in DEGENERATE.items() if layers}
     for method in ("gradient", "bias:sum"):
         assert result.maps[method][COMBINED].isnan().all()
     scalars = report.summary_scalars({"train": result})
@@ -255,13 +249,16 @@ def test_pictures_leave_out_degenerate_layers_and_blank_constant_maps(
 
 
 def test_pictures_skip_a_method_with_no_layer_left(resnet: nn.Module, probes: ProbeBatch) -> None:
-    plan = plan_for(layers=("layer4", "avgpool"), methods=("gradient",))
+    plan = plan_for(layers=("layer4",), methods=("gradient",))
     result = evaluate_probes(resnet, probes, plan)
     assert report.pictures({"train": result}, {"train": probes}, plan, str, 2, "turbo") == {}
 
 
 def test_the_warning_names_each_layer_why_and_what_to_do(results: dict[tuple[str, str], SplitEvaluation]) -> None:
-    message = degenerate_message(results["sum", "uniform"].degenerate, "train", 7)
+    found = results["sum", "uniform"].degenerate
+    assert found == {"gradient": {"layer4": "constant"}, "bias:sum": {"layer4": "constant"}}
+    with_one_by_one = {m: {**found.get(m, {}), "avgpool": "1×1"} for m in METHODS}  # as the detector would say
+    message = degenerate_message(with_one_by_one, "train", 7)
     one = (
         "its map is 1×1, one number per image: pick a layer with a spatial map (an earlier one)"
     )
@@ -285,9 +282,9 @@ def test_the_warning_names_each_layer_why_and_what_to_do(results: dict[tuple[str
 
 
 def test_every_metric_says_which_maps_it_reads() -> None:
-    assert set(_READS) == set(METRICS)
-    assert all(column in (0, 1, 2) and kind in ("plain", "meta") for reads in _READS.values() for kind, column in reads)
-    assert _READS["total_variation"] == (("plain", LABEL),)
+    assert set(READS) == set(METRICS)
+    assert all(column in (0, 1, 2) and kind in ("plain", "meta") for reads in READS.values() for kind, column in reads)
+    assert READS["total_variation"] == (("plain", LABEL),)
 
 
 class OneRank:
@@ -302,7 +299,7 @@ class OneRank:
 def test_a_gathered_evaluation_keeps_what_was_left_out(results: dict[tuple[str, str], SplitEvaluation]) -> None:
     local = results["sum", "uniform"]
     gathered = gather_evaluation(OneRank(), local, [len(local.targets)])
-    assert gathered.degenerate == DEGENERATE
+    assert gathered.degenerate == {m: layers for m, layers in DEGENERATE.items() if layers}
     for method, per_layer in local.constant.items():
         for layer, flags in per_layer.items():
             assert torch.equal(gathered.constant[method][layer], flags), (method, layer)

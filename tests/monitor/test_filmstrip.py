@@ -22,7 +22,6 @@ from saliency_monitor import SaliencyMonitor
 from saliency_monitor.engine import saliency_options
 from saliency_monitor.monitor import logic
 from saliency_monitor.monitor.evaluation import (
-    LABEL,
     DriftReference,
     EvaluationPlan,
     LabelMaps,
@@ -39,6 +38,7 @@ from saliency_monitor.monitor.filmstrip import (
     thumbnails,
 )
 from saliency_monitor.monitor.keys import MetricKey
+from saliency_monitor.monitor.probe_metrics import LABEL
 from saliency_monitor.monitor.probes import ProbeBatch
 from saliency_monitor.monitor.render import colorize, overlay
 from tests._fits import SIZE, Classifier, SpyLogger, TinyNet, class_images, multiclass_loaders, trainer
