@@ -9,7 +9,8 @@ statistics and in-place ReLUs, so the engine's clone-on-capture is exercised.
 ``make_resnet18`` / ``make_vgg11`` are torchvision's architectures with 5 classes, random
 (seeded) weights and random BatchNorm statistics; vgg11's 25088x4096x4096 classifier head is
 replaced by a narrow one (25088 -> 32 -> 5) so that building and running it stays cheap;
-``features`` and ``avgpool`` are torchvision's own.
+``features`` and ``avgpool`` are torchvision's own (at 32x32 ``avgpool`` upsamples a 1x1 map to
+7x7: not a layer of its own, the last 2x2 map is ``features.15``).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ MODEL_SPECS = {
     ),
     "vgg11": (
         make_vgg11, 32,
-        ["input", "features.3", "features.8", "avgpool"],
+        ["input", "features.3", "features.8", "features.15"],
         ["features.0", "features.3", "features.8"],
     ),
 }

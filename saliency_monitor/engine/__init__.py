@@ -2,6 +2,8 @@
 
 =================  ========================================================================
 layers             which modules maps can be computed at; ``default_layers``
+layouts            how a layer's output reads as a map: channels first / last, tokens on a patch grid
+layout_detection   which layout a layer has, found during the forward; ``declare_layout`` where it cannot be
 model_io           images, targets and logits checked once; eval mode; ``two_class_logits``
 task               multiclass / multilabel: a class's loss and probabilities
 capture            one forward + one activation backward: each layer's x and g per target
@@ -18,6 +20,7 @@ compute            ``compute_saliency``: options checked once, then every method
 from .aggregate import AGGREGATIONS, EXTRACTS
 from .compute import SaliencyMaps, SaliencyOptions, compute_saliency, saliency_maps, saliency_options
 from .layers import INPUT, default_layers
+from .layouts import declare_layout
 from .meta import DEFAULT_META_LR
 from .methods import METHODS, NAMED_METHODS, Method, get_method, parse_methods
 from .model_io import two_class_logits
@@ -35,6 +38,7 @@ __all__ = [
     "SaliencyMaps",
     "SaliencyOptions",
     "compute_saliency",
+    "declare_layout",
     "default_layers",
     "get_method",
     "parse_methods",

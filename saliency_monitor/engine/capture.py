@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 from .checkpointing import checkpoints_run_directly
 from .layers import INPUT
+from .layout_detection import LayoutTracker
+from .layouts import MapLayout
 from .model_io import OutputToLogits, check_logits, check_targets_range, eval_mode
 from .smoothing import smoothing
 
@@ -28,7 +30,8 @@ class Capture:
     """One layer's tensors, detached. T is the number of targets per image."""
 
     activation: Tensor
-    """(B, K, H, W) the layer's output (the image for ``"input"``)."""
+    """(B, K, H, W) the layer's map: its output read in its layout (:mod:`.layouts`: channels last
+    permuted, tokens on their patch grid), the image for ``"input"``."""
     gradient: Tensor
     """(B, T, K, H, W) d logit[b, targets[b, t]] / d activation[b]."""
     module: nn.Module | None
@@ -46,22 +49,18 @@ class Captured:
     layers: dict[str, Capture]
 
 
-def check_layer_output(name: str, output: object) -> Tensor:
-    """A layer's output must be a map: a 4-D (B, K, H, W) tensor."""
-    if not isinstance(output, Tensor) or output.ndim != 4:
-        got = f"shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
-        raise ValueError(f"Expected layer {name!r} to output a 4-D (B, K, H, W) tensor, but got {got}.")
-    return output
-
-
 class LayerRecorder:
-    """Forward hooks that keep each layer's output (with its graph) and optionally its input.
+    """Forward hooks that keep each layer's map (with its graph) and optionally its input.
 
-    The hook hands a *clone* of the output to the rest of the network, so in-place ops
-    downstream (``out += identity``, ``ReLU(inplace=True)``) cannot overwrite the captured
-    tensor or re-point its ``grad_fn``; no module flag is toggled. With ``perturbations``
-    (the functional form, for ``torch.func`` transforms) it hands on ``output + δ`` instead,
-    δ a zero tensor of the output's shape: d score / d δ is the gradient at the layer.
+    Each layer's output is read as a map (B, K, H, W) in its layout (:mod:`.layouts`, detected by
+    a :class:`~saliency_monitor.engine.layout_detection.LayoutTracker`; an output that is not a map
+    is refused). The map view is recorded, and the rest of the network gets the output rebuilt
+    from a *clone* of it: the same values, so in-place ops downstream (``out += identity``,
+    ``ReLU(inplace=True)``) cannot overwrite the captured tensor or re-point its ``grad_fn``, and
+    the gradient w.r.t. the recorded map is the gradient at its positions; no module flag is
+    toggled. With ``perturbations`` (the functional form, for ``torch.func`` transforms) the map
+    handed on is ``map + δ`` instead, δ a zero tensor of the map's shape: d score / d δ is the
+    gradient at the layer.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], keep_inputs: Collection[str],
@@ -71,8 +70,11 @@ class LayerRecorder:
         self.perturbations = perturbations
         self.modules = dict(model.named_modules())
         self.outputs: dict[str, Tensor] = {}
+        """Each layer's map (B, K, H, W), a view of its output."""
+        self.layouts: dict[str, MapLayout] = {}
         self.versions: dict[str, int] = {}
         self.inputs: dict[str, Tensor] = {}
+        self.tracker = LayoutTracker(model)  # its hooks run before the recorder's
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         for name in layers:
             if name != INPUT:
@@ -87,9 +89,11 @@ class LayerRecorder:
                     "its activation is ambiguous (a module reused in forward, e.g. a shared "
                     "ReLU). Choose a module that runs once, such as its parent block."
                 )
-            output = check_layer_output(name, output)
+            layout = self.tracker.layout(name, module, args, output)
+            assert isinstance(output, Tensor)
+            self.layouts[name] = layout
             if self.perturbations is not None:
-                return self._perturbed(name, args, output, keep_input)
+                return self._perturbed(name, args, output, layout, keep_input)
             if not output.requires_grad and not self.differentiable_images:
                 output = output.detach().requires_grad_(True)
             if not output.requires_grad:
@@ -97,29 +101,34 @@ class LayerRecorder:
                     f"Expected the output of layer {name!r} to depend differentiably on the "
                     "images, but it does not require grad (is it detached or constant?)."
                 )
-            self._keep(name, args, output, keep_input)
-            return output.clone()
+            values = layout.to_map(output)
+            self._keep(name, args, values, keep_input)
+            return layout.from_map(output, values.clone())
 
         return hook
 
-    def _keep(self, name: str, args: tuple[object, ...], output: Tensor, keep_input: bool) -> None:
+    def _keep(self, name: str, args: tuple[object, ...], values: Tensor, keep_input: bool) -> None:
         if keep_input:
             if not args or not isinstance(args[0], Tensor):
                 raise ValueError(f"Expected layer {name!r} to take a tensor as first input.")
             self.inputs[name] = args[0].detach().clone()
-        self.outputs[name] = output
-        self.versions[name] = output._version
+        self.outputs[name] = values
+        self.versions[name] = values._version
 
-    def _perturbed(self, name: str, args: tuple[object, ...], output: Tensor, keep_input: bool) -> Tensor:
-        """``output + δ``: under ``torch.func.grad`` the gradient w.r.t. δ is the layer's gradient."""
+    def _perturbed(
+        self, name: str, args: tuple[object, ...], output: Tensor, layout: MapLayout, keep_input: bool
+    ) -> Tensor:
+        """``output`` with ``map + δ`` at its map positions: under ``torch.func.grad`` the gradient
+        w.r.t. δ is the layer's gradient."""
         assert self.perturbations is not None
         if not torch.is_grad_enabled():
             raise ValueError(
                 f"Expected the output of layer {name!r} to depend differentiably on the images, but the layer "
                 "runs with gradients disabled (inside torch.no_grad())."
             )
-        self._keep(name, args, output, keep_input)
-        return output + self.perturbations[name]
+        values = layout.to_map(output)
+        self._keep(name, args, values, keep_input)
+        return layout.from_map(output, values + self.perturbations[name])
 
     def check_complete(self, layers: Sequence[str]) -> None:
         """Errors unless every layer ran and no captured output was later modified in place."""
@@ -140,6 +149,7 @@ class LayerRecorder:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+        self.tracker.remove()
 
 
 def capture(

@@ -13,17 +13,22 @@ from saliency_monitor.engine.model_io import eval_mode
 
 
 @pytest.mark.parametrize(
-    ("arch", "expected"),
+    ("arch", "size", "expected"),
     [
-        ("resnet50", ["relu", "layer1", "layer2", "layer3", "layer4"]),
-        ("vgg16", ["features.3", "features.8", "features.15", "features.22", "features.29", "avgpool"]),
-        ("convnext_tiny", ["features.1", "features.3", "features.5", "features"]),
+        ("resnet50", 224, ["relu", "layer1", "layer2", "layer3", "layer4"]),
+        ("vgg16", 224, ["features.3", "features.8", "features.15", "features.22", "features.29", "avgpool"]),
+        # vgg11 at 64 px: avgpool upsamples its 2×2 input to 7×7, left out
+        ("vgg11", 64, ["features.1", "features.4", "features.9", "features.14", "features.19", "features"]),
+        ("convnext_tiny", 224, ["features.1", "features.3", "features.5", "features"]),
+        ("swin_t", 224, ["features.1", "features.3", "features.5", "norm"]),
+        ("maxvit_t", 224, ["stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3"]),
+        ("vit_b_16", 224, [f"encoder.layers.encoder_layer_{i}" for i in (1, 4, 7, 10)]),
     ],
 )
-def test_default_layers_on_torchvision_models(arch: str, expected: list[str]) -> None:
+def test_default_layers_on_torchvision_models(arch: str, size: int, expected: list[str]) -> None:
     model = getattr(torchvision.models, arch)()
     model.train()
-    assert default_layers(model, torch.randn(2, 3, 224, 224)) == expected
+    assert default_layers(model, torch.randn(2, 3, size, size)) == expected
     assert all(m.training for m in model.modules()), "train flags must be restored"
     assert all(not m._forward_hooks for m in model.modules()), "hooks must be removed"
 

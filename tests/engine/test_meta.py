@@ -109,7 +109,7 @@ def test_matches_literal_reference_on_resnet18() -> None:
     net = torchvision.models.resnet18(num_classes=4).double()
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     targets = torch.tensor([[1, 3], [0, 2]])
-    methods = {("relu", "layer2", "layer4"): METHODS, ("layer3.0.conv1",): CONV_METHODS[:1]}
+    methods = {("relu", "layer2", "layer3"): METHODS, ("layer3.0.conv1",): CONV_METHODS[:1]}
     for layers, names in methods.items():
         got = compute_saliency(net, images, targets, layers, names, meta_lr=DEFAULT_META_LR)
         want = literal_meta_maps(net, images, targets, layers, names, DEFAULT_META_LR, "multiclass")
