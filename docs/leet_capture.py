@@ -1,6 +1,6 @@
 """Capture ``wandb leet`` on a run as a terminal shows it, and render the capture to a PNG.
 
-    .ci/venv python docs/leet_capture.py wandb-runs/wandb/latest-run docs/leet_dashboard
+    .ci/venv python docs/leet_capture.py wandb-runs/wandb/latest-run docs/pages/leet_dashboard
 
 Starts leet in a detached tmux session of 200 × 60 cells (leet's default layout: run overview
 and summary on the left, a 4 × 3 grid of charts, system metrics on the right), waits for it to

@@ -110,7 +110,8 @@ def _common_options() -> argparse.ArgumentParser:
     data.add_argument("--num-images", type=_positive_int, default=64, help="images per split (default: 64)")
     data.add_argument("--image-size", type=_image_size, help="default: 64 (synthetic), 224 otherwise")
     run = common.add_argument_group("analysis")
-    run.add_argument("--out", type=Path, default=Path("docs/reproduce"), help="output folder (default: docs/reproduce)")
+    run.add_argument("--out", type=Path, default=Path("docs/pages/reproduce"),
+                     help="output folder (default: docs/pages/reproduce)")
     run.add_argument("--seed", type=int, default=0, help="image subset and randomisation seed (default: 0)")
     run.add_argument("--methods", nargs="+", help="saliency methods (default: each analysis' own, see its .md)")
     run.add_argument("--layers", nargs="+", help="layer names (default: identity: every Conv2d; others: "
