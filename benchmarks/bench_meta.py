@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     images = torch.randn(args.batch, 3, args.size, args.size, device=device)
     targets = torch.stack([torch.randperm(1000)[: args.targets] for _ in range(args.batch)]).to(device)
     pairs = args.batch * args.targets  # distinct by construction
-    step_images = torch.randn(step_batch, 3, args.size, args.size, device=device)
-    step_labels = torch.randint(0, 1000, (step_batch,), device=device)
+    step_images = images if step_batch == args.batch else torch.randn(step_batch, 3, args.size, args.size,
+                                                                      device=device)
+    step_labels = targets[:, 0] if step_batch == args.batch else torch.randint(0, 1000, (step_batch,), device=device)
 
     trained = copy.deepcopy(model)
     optimizer = torch.optim.SGD(trained.parameters(), lr=0.01)
@@ -88,7 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     def training_step() -> None:
         trained.train()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+        if not cuda:  # float32, as on the CPU
+            F.cross_entropy(trained(step_images), step_labels).backward()
+            optimizer.step()
+            return
+        with torch.autocast(device.type, dtype=torch.float16):
             loss = F.cross_entropy(trained(step_images), step_labels)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
