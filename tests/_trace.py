@@ -38,3 +38,14 @@ def assert_same(before: dict[str, object], after: dict[str, object]) -> None:
     for key in ("requires_grad", "versions", "training", "inplace", "hooks", "param_hooks"):
         assert before[key] == after[key], f"{key} changed"
     assert torch.equal(before["rng"], after["rng"]), "global RNG state advanced"
+
+
+def assert_same_training(without: tuple, with_monitor: tuple) -> None:
+    """Two fits' (model state_dict, optimizer state_dict, RNG state(s)...) are bitwise equal."""
+    for name, value in without[0].items():
+        assert torch.equal(value, with_monitor[0][name]), name
+    for index, state in without[1]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, with_monitor[1]["state"][index][key]), (index, key)
+    for rng, other in zip(without[2:], with_monitor[2:]):
+        assert torch.equal(rng, other)

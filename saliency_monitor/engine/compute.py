@@ -130,60 +130,35 @@ def compute_saliency(
     lrp_composite: object = "epsilon_plus_flat",
     context_size: int = DEFAULT_CONTEXT_SIZE,
 ) -> SaliencyMaps:
-    """Backpropagation saliency maps of ``targets`` at ``layers`` for every method.
-
-    One forward and one (batched) backward serve all layers, methods and targets; the
-    backward takes gradients w.r.t. the layer activations only (no parameter gradient).
+    """Backpropagation saliency maps of ``targets`` at ``layers`` for every method: one forward and
+    one backward to the layer activations (no parameter gradient) serve them all.
 
     Args:
-        model: maps (B, C_in, H, W) images to (B, C) logits. Run in eval mode; returned with
-            every flag, parameter, buffer and ``.grad`` exactly as it was, hooks removed.
-        images: (B, C_in, H, W) on the model's device: floating point, or integer (e.g. uint8 for
-            a model that converts inside ``forward``; no gradient reaches such images, so
-            ``"input"`` is refused and only hidden layers have maps).
+        model: (B, C_in, H, W) images -> (B, C) logits; run in eval mode and returned exactly as it was.
+        images: (B, C_in, H, W) on the model's device, floating point or integer (e.g. uint8
+            converted inside ``forward``: then ``"input"`` is refused, hidden layers only).
         targets: (B,) or (B, T) class indices; the map explains logit ``targets[b, t]``.
-        layers: names from ``model.named_modules()`` (each running once per forward and
-            returning a 4-D tensor) or ``"input"``; None means :func:`default_layers`.
-        methods: names from the registry (:mod:`saliency_monitor.engine.methods`): the named
-            gradient methods (``gradient``, ``linear_approx``, ``grad_cam``, ``norm_grad``,
-            ``norm_grad_selective``, ``norm_grad_conv``), any ``"extract:aggregation"`` cell of
-            the grid, ``"lrp"`` (layer-wise relevance propagation, summed over channels) and
-            ``"salient_relevance"`` (Beyond Saliency's SR map: context-aware saliency
-            detection of the LRP map).
-        meta_lr: if given, meta-saliency (§4.4): each map of image b and target c is computed
-            at θ' = θ − meta_lr·∇_θ ℓ(θ; x_b, c), one SGD step on that single loss (the
-            paper: ``DEFAULT_META_LR`` = 0.002; negative = gradient ascent). The model is not
-            mutated. Cost per (image, target): about one training step of one image plus
-            one plain saliency pass; memory: about two extra copies of the parameters.
-        task: the meta loss: ``"multiclass"`` (softmax cross-entropy of class c) or
-            ``"multilabel"`` (binary cross-entropy of logit c toward 1). The map itself
-            always backpropagates the class logit.
-        meta_params: ``"all"`` parameters step (as in the paper) or only ``"trainable"``
-            ones (``requires_grad=True``).
-        meta_batching: how the (image, target) pairs of meta-saliency run: ``"loop"`` one pair
-            at a time (a forward at θ shared by an image's targets), ``"vmap"`` all pairs of a
-            chunk in two ``torch.func.vmap``-ed passes
-            (:mod:`saliency_monitor.engine.meta_vectorised`; gradient methods only, relevance
-            methods keep the loop), ``"auto"``: vmap on CUDA, the loop elsewhere. Same maps.
-        meta_memory: bytes of stepped parameters (θ' of the pairs) the vmap path holds at a
-            time; a chunk is ``meta_memory // bytes of the parameters`` pairs. None: a quarter of
-            what a CUDA device can still give, 2 GiB elsewhere.
-        output_size: if given, maps are upsampled bilinearly to it (int or (h, w));
-            otherwise they keep the layer's resolution.
-        output_to_logits: for models whose output is not the logits tensor (a dict, a
-            tuple, ...): maps the output to (B, C) logits, e.g. ``lambda out: out["logits"]``. A
-            single-logit binary classifier ((B, 1) logits): ``two_class_logits()`` from
-            :mod:`saliency_monitor.engine.model_io` makes it a two-class one (targets 0 and 1).
-        smooth: checkerboard-noise removal at stride-2 convolutions, during the saliency
-            pass only (:mod:`saliency_monitor.engine.smoothing`): ``"backward"`` (the gradient
-            into each such convolution averaged over 2×2 shifts; forward and logits unchanged)
-            or ``"forward"`` (outputs averaged over the 4 sampling phases; changes predictions).
-            The meta step itself is never smoothed. Not defined for the relevance methods.
-        lrp_composite: the LRP rules: ``"epsilon_plus_flat"``, ``"epsilon_gamma_box"`` or a
-            ``zennit.core.Composite`` (see :mod:`saliency_monitor.engine.relevance`).
-        context_size: Salient Relevance resizes each LRP map so its long edge has this
-            many pixels before the detection (Goferman et al. use 250; cost grows with its
-            4th power) and returns maps of that size (before ``output_size``).
+        layers: names from ``model.named_modules()`` (run once per forward, output on the image
+            grid in any layout: :mod:`~saliency_monitor.engine.layouts`) or ``"input"``; None:
+            :func:`default_layers`.
+        methods: registry names (:mod:`saliency_monitor.engine.methods`): the named gradient
+            methods, any ``"extract:aggregation"`` cell, ``"lrp"`` and ``"salient_relevance"``.
+        meta_lr: meta-saliency (§4.4): the map of image b and target c at θ' = θ − meta_lr·∇_θ
+            ℓ(θ; x_b, c) (the paper: ``DEFAULT_META_LR`` = 0.002; < 0: ascent); the model is not written.
+        task: the meta loss, ``"multiclass"`` (softmax CE of c) or ``"multilabel"`` (BCE of logit c toward 1).
+        meta_params: ``"all"`` parameters step (the paper) or only ``"trainable"`` ones.
+        meta_batching: ``"loop"`` (a pair at a time), ``"vmap"`` (chunks of pairs,
+            :mod:`~saliency_monitor.engine.meta_vectorised`; relevance keeps the loop) or ``"auto"``
+            (vmap on CUDA, the loop elsewhere). Same maps.
+        meta_memory: bytes of θ' a vmap chunk holds; None: a quarter of a CUDA device's free memory, else 2 GiB.
+        output_size: maps upsampled bilinearly to it (int or (h, w)); None: the layer's resolution.
+        output_to_logits: maps a non-tensor output to (B, C) logits, e.g. ``lambda out: out["logits"]``;
+            ``model_io.two_class_logits()`` for a single-logit binary classifier.
+        smooth: checkerboard removal at stride-2 convolutions during the pass
+            (:mod:`~saliency_monitor.engine.smoothing`): ``"backward"`` or ``"forward"`` (changes
+            predictions); never the meta step, not for relevance methods.
+        lrp_composite: ``"epsilon_plus_flat"``, ``"epsilon_gamma_box"`` or a ``zennit.core.Composite``.
+        context_size: long edge (px) of the LRP map Salient Relevance's detection runs on (cost ∝ its 4th power).
 
     Returns:
         ``maps[method][layer]``: float32 (B, T, h, w), detached, on the images' device.

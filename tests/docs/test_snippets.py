@@ -211,6 +211,7 @@ def test_snippets_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     namespace: dict[str, Any] = {"__name__": "__snippet__", **lightning_stand_ins(), **page_stand_ins}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the stand-ins are tiny: more threads only add overhead (4-9x on 2 busy cores)
+    before = set(namespace)
     try:
         run_blocks(page, namespace)
     finally:
@@ -219,6 +220,7 @@ def test_snippets_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
         if wandb.run is not None:
             wandb.finish()
+    assert set(namespace) - before, f"{page_id(page)}: its Python blocks defined nothing"
     CHECKS[page_id(page)](namespace, SimpleNamespace(tmp_path=tmp_path, saved_workspaces=saved))
 
 

@@ -183,11 +183,12 @@ def summed_magnitudes(records: list[dict[str, LayerRecord]], layer: str, extract
 
 
 def compare(maps: dict, records: list[dict[str, LayerRecord]], layers: list[str], methods: list[str],
-            what: str) -> None:
-    """Library maps against the reference. Sums (and Grad-CAM's) are held to float32 rounding of the
+            what: str) -> int:
+    """Library maps against the reference; returns how many (layer, method) maps were compared.
+    Sums (and Grad-CAM's) are held to float32 rounding of the
     entries they add: a token layer that only feeds a LayerNorm has Σ_k g_k = 0 and Σ_k g_k x_k = 0
     (LN is invariant to shifting and scaling its input), which the library's float32 gets as rounding."""
-    failures = []
+    failures, compared = [], 0
     for layer in layers:
         for method, (where, expected) in reference_values(records, layer, methods).items():
             actual = maps[method][layer].double().flatten(2)[..., where]
@@ -202,7 +203,9 @@ def compare(maps: dict, records: list[dict[str, LayerRecord]], layers: list[str]
                     assert_close_to_reference(actual.float(), expected, f"{what} {layer} {method}")
             except AssertionError as error:
                 failures.append(str(error))
+            compared += 1
     assert not failures, "\n".join(failures)
+    return compared
 
 
 # --------------------------------------------------------------------------- detection
@@ -380,7 +383,8 @@ def test_every_method_matches_the_literal_reference_on_the_grid_read_by_hand(mod
     make, readings = READINGS[model_name]
     model, images, layers, methods = make(), images_for(), list(readings), all_methods(conv=False)
     maps = compute_saliency(model, images, TARGETS, layers, methods)
-    compare(maps, literal_records(model, images, TARGETS, readings), layers, methods, model_name)
+    compared = compare(maps, literal_records(model, images, TARGETS, readings), layers, methods, model_name)
+    assert compared == len(layers) * len(methods), "every method at every layer has a reference"
 
 
 def test_the_reading_by_hand_excludes_the_class_token_and_is_a_virtual_weight_gradient() -> None:
@@ -438,7 +442,8 @@ def test_meta_maps_match_the_literal_reference_on_both_paths(model_name: str) ->
             records = [{n: LayerRecord(row[n].activation[t], row[n].gradient[t : t + 1], None, None) for n in layers}
                        for row in rows]
             at_t = {m: {n: maps[m][n][:, t : t + 1] for n in layers} for m in META_METHODS}
-            compare(at_t, records, layers, META_METHODS, f"{model_name} {batching} t={t}")
+            compared = compare(at_t, records, layers, META_METHODS, f"{model_name} {batching} t={t}")
+            assert compared == len(layers) * len(META_METHODS), "every method at every layer has a reference"
 
 
 def test_a_transformer_in_train_mode_is_left_untouched() -> None:

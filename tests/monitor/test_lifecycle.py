@@ -20,6 +20,7 @@ from saliency_monitor import SaliencyMonitor
 from saliency_monitor.monitor import SaliencyMonitorWarning
 from saliency_monitor.monitor.state import MonitorState
 from tests._fits import Classifier, SpyLogger, class_images, multiclass_loaders, trainer
+from tests._trace import assert_same_training
 
 pytestmark = [pytest.mark.filterwarnings("ignore:SaliencyMonitor. logger generic:UserWarning"),
               pytest.mark.filterwarnings("ignore:SaliencyMonitor. the trainer has no logger:UserWarning"),
@@ -183,12 +184,7 @@ def test_randomness_in_eval_mode_leaves_training_bitwise_unchanged(tmp_path) -> 
     monitor = SaliencyMonitor(num_train_probes=3, num_val_probes=3, meta_lr=0.05, every_n_train_steps=2)
     with_monitor, without = run([monitor]), run([])
     assert monitor.state.evaluations == 4
-    for name, value in without[0].items():
-        assert torch.equal(value, with_monitor[0][name]), name
-    for index, state in without[1]["state"].items():
-        for key, value in state.items():
-            assert torch.equal(value, with_monitor[1]["state"][index][key]), (index, key)
-    assert torch.equal(without[2], with_monitor[2])
+    assert_same_training(without, with_monitor)
 
 
 def test_two_evaluations_at_the_same_weights_give_the_same_maps(tmp_path) -> None:

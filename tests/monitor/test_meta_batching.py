@@ -87,22 +87,22 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("batching", ["loop", "vmap"])
 def test_on_cuda_training_is_bitwise_unchanged_cuda_rng_included(tmp_path, batching: str) -> None:
     from tests._fits import SpyLogger, multiclass_loaders, trainer
+    from tests._trace import assert_same_training
     from tests.monitor.test_lifecycle import mc_dropout_model
 
-    def run(callbacks: list) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    def run(callbacks: list) -> tuple:
         torch.manual_seed(7)
         torch.cuda.manual_seed_all(7)
         model = mc_dropout_model()
-        trainer(tmp_path, callbacks, logger=SpyLogger(), max_epochs=2, accelerator="gpu").fit(
-            model, *multiclass_loaders())
-        return model.state_dict(), torch.get_rng_state(), torch.cuda.get_rng_state()
+        fit = trainer(tmp_path, callbacks, logger=SpyLogger(), max_epochs=2, accelerator="gpu")
+        fit.fit(model, *multiclass_loaders())
+        return (model.state_dict(), fit.optimizers[0].state_dict(), torch.get_rng_state(),
+                torch.cuda.get_rng_state())
 
     chosen = monitor(meta_batching=batching, every_n_train_steps=2)
     with_monitor, without = run([chosen]), run([])
     assert chosen.state.evaluations == 4
-    for name, value in without[0].items():
-        assert torch.equal(value, with_monitor[0][name]), name
-    assert torch.equal(without[1], with_monitor[1]) and torch.equal(without[2], with_monitor[2])
+    assert_same_training(without, with_monitor)
 
 
 @cuda

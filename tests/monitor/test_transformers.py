@@ -22,6 +22,7 @@ from saliency_monitor import SaliencyMonitor
 from saliency_monitor.monitor import SaliencyMonitorWarning
 from saliency_monitor.monitor.keys import layer_labels
 from tests._fits import NUM_CLASSES, SIZE, SpyLogger, multiclass_loaders, trainer
+from tests._trace import assert_same_training
 from tests.monitor.test_callback import check_ranges, expected_keys, picture_is_not_blank
 
 pytestmark = pytest.mark.filterwarnings("ignore:SaliencyMonitor. logger generic:UserWarning")
@@ -115,9 +116,4 @@ def test_a_transformer_in_train_mode_trains_bitwise_as_without_the_monitor(tmp_p
     without = run([])
     assert monitor.state.evaluations == 4
     assert list(monitor.state.plan.layers) == ["net.blocks.0", "net.blocks.1"]
-    for name, value in without[0].items():
-        assert torch.equal(value, with_monitor[0][name]), name
-    for index, state in without[1]["state"].items():
-        for key, value in state.items():
-            assert torch.equal(value, with_monitor[1]["state"][index][key]), (index, key)
-    assert torch.equal(without[2], with_monitor[2])
+    assert_same_training(without, with_monitor)
